@@ -1,0 +1,67 @@
+// `npm test`: build, then run the test tiers. With no argument all three tiers run, and a tier
+// that cannot run here (not root, debootstrap missing) FAILS instead of skipping silently.
+// Naming tiers (`npm test -- unit`) runs just those, which is how to opt out explicitly.
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync, existsSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const TIERS = ['unit', 'integration', 'system'];
+const args = process.argv.slice(2);
+const tiers = args.length ? args : TIERS;
+for (const t of tiers) {
+  if (!TIERS.includes(t)) {
+    console.error(`test: unknown tier '${t}' (choose from ${TIERS.join(', ')})`);
+    process.exit(2);
+  }
+}
+
+function files(dir) {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).flatMap((name) => {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) return files(p);
+    return name.endsWith('.test.ts') ? [p] : [];
+  });
+}
+
+function preflight(tier) {
+  if (tier === 'unit') return null;
+  if (process.getuid?.() !== 0) return `the ${tier} tier needs root (run: sudo npm test, or npm test -- unit)`;
+  for (const tool of ['debootstrap', 'systemd-nspawn', 'dbus-daemon', 'ip', 'nft']) {
+    const r = spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
+    if (r.status !== 0) return `the ${tier} tier needs ${tool} (see README requirements, or run .ci/run)`;
+  }
+  return null;
+}
+
+const build = spawnSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'inherit' });
+if (build.status !== 0) process.exit(build.status ?? 1);
+
+let failed = false;
+for (const tier of tiers) {
+  const why = preflight(tier);
+  if (why) {
+    console.error(`test: ${why}`);
+    failed = true;
+    continue;
+  }
+  const list = files(join(root, 'test', tier)).sort();
+  if (list.length === 0) {
+    console.error(`test: no tests found in test/${tier}`);
+    failed = true;
+    continue;
+  }
+  console.log(`\n=== ${tier} tier: ${list.length} files ===`);
+  // Integration and system tests share machine-wide resources (images, the box): run files one
+  // at a time there; unit tests run concurrently.
+  const concurrency = tier === 'unit' ? [] : ['--test-concurrency=1'];
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...concurrency, ...list], {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...process.env, MCTL_TEST_TIER: tier },
+  });
+  if (r.status !== 0) failed = true;
+}
+process.exit(failed ? 1 : 0);
