@@ -187,6 +187,30 @@ export function fcntl(fd: number, cmd: number, arg = 0): number {
   return check(lib().fcntl(fd, cmd, 'int', arg), 'fcntl', `fd ${fd}`);
 }
 
+/** Open-file-description lock kinds (fcntl F_OFD_SETLK), the lock type systemd's lock files use. */
+export type OfdLockKind = 'shared' | 'exclusive' | 'unlock';
+
+const F_OFD_SETLK = 37;
+const F_OFD_SETLKW = 38;
+
+/**
+ * Whole-file OFD lock (systemd's "UNPOSIX" lock): belongs to the open file description, so it
+ * survives fd inheritance and is dropped when the last fd to it closes. Returns false when a
+ * non-blocking request conflicts (EAGAIN/EACCES); other failures throw.
+ */
+export function ofdLock(fd: number, kind: OfdLockKind, wait = false): boolean {
+  // struct flock (x86-64/arm64): short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
+  const fl = Buffer.alloc(32);
+  fl.writeInt16LE(kind === 'shared' ? 0 : kind === 'exclusive' ? 1 : 2, 0);
+  const ret = Number(lib().fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, 'void *', fl));
+  if (ret === -1) {
+    const errno = lib().koffi.errno();
+    if (errno === 11 || errno === 13) return false;
+    throw new SysError('fcntl(F_OFD_SETLK)', errno, `fd ${fd}`);
+  }
+  return true;
+}
+
 /** Clear FD_CLOEXEC, which Node sets on fds 0-2, so an exec'd program keeps them. */
 export function clearCloexec(fd: number): void {
   const flags = fcntl(fd, F.GETFD);
