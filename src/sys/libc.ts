@@ -315,3 +315,69 @@ export function mountSetattr(fd: number, flags: number, attr: MountAttr, path = 
 export function pidfdOpen(pid: number): number {
   return check(lib().syscall(syscallNumber('pidfd_open'), 'int', pid, 'unsigned int', 0), 'pidfd_open', `pid ${pid}`);
 }
+
+// ---- process watching and confined path resolution (used by mctl-machined) ----
+
+let pollFn: KoffiFn | undefined;
+let eventfdFn: KoffiFn | undefined;
+
+function pollBinding(): KoffiFn {
+  if (!pollFn) pollFn = lib().koffi.load('libc.so.6').func('int poll(void *fds, unsigned long nfds, int timeout)');
+  return pollFn;
+}
+
+const POLLIN = 0x1;
+
+/**
+ * poll(2) for readability on a worker thread (koffi async), so the event loop never blocks.
+ * Resolves with the fds that became readable (or hung up). A pidfd is readable once its
+ * process has exited, which is how a leader's death is noticed without polling /proc.
+ */
+export function pollReadable(fds: readonly number[], timeoutMs: number): Promise<number[]> {
+  const buf = Buffer.alloc(8 * fds.length);
+  fds.forEach((fd, i) => {
+    buf.writeInt32LE(fd, i * 8);
+    buf.writeInt16LE(POLLIN, i * 8 + 4);
+  });
+  const fn = pollBinding() as KoffiFn & { async(...args: unknown[]): void };
+  return new Promise((resolve, reject) => {
+    fn.async(buf, fds.length, timeoutMs, (err: unknown, ret: unknown) => {
+      if (err) return reject(err instanceof Error ? err : new Error(String(err)));
+      if (Number(ret) < 0) return reject(new SysError('poll', lib().koffi.errno()));
+      resolve(fds.filter((_, i) => buf.readInt16LE(i * 8 + 6) !== 0));
+    });
+  });
+}
+
+export const EFD = { CLOEXEC: 0o2000000, NONBLOCK: 0o4000 } as const;
+
+/** eventfd(2): a counter fd used to wake a thread blocked in poll(). */
+export function eventfd(flags: number = EFD.CLOEXEC | EFD.NONBLOCK): number {
+  if (!eventfdFn) eventfdFn = lib().koffi.load('libc.so.6').func('int eventfd(unsigned int initval, int flags)');
+  return check(eventfdFn(0, flags), 'eventfd');
+}
+
+/** pidfd_send_signal(2): signal exactly the process the pidfd refers to (no PID reuse race). */
+export function pidfdSendSignal(pidfd: number, signal: number): void {
+  check(
+    lib().syscall(syscallNumber('pidfd_send_signal'), 'int', pidfd, 'int', signal, 'void *', null, 'unsigned int', 0),
+    'pidfd_send_signal',
+    `pidfd ${pidfd}`,
+  );
+}
+
+export const RESOLVE = { NO_XDEV: 0x01, NO_MAGICLINKS: 0x02, NO_SYMLINKS: 0x04, BENEATH: 0x08, IN_ROOT: 0x10 } as const;
+export const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, NOCTTY: 0o400, DIRECTORY: 0o200000, NOFOLLOW: 0o400000, CLOEXEC: 0o2000000, PATH: 0o10000000 } as const;
+
+/**
+ * openat2(2) relative to `dirfd` with RESOLVE_* flags. With RESOLVE.IN_ROOT, absolute symlinks
+ * and ".." stay inside dirfd: the safe way to follow a path inside a container's tree from the host.
+ */
+export function openat2(dirfd: number, path: string, flags: number, resolve: number, mode = 0): number {
+  const how = Buffer.alloc(24);
+  how.writeBigUInt64LE(BigInt(flags >>> 0), 0);
+  how.writeBigUInt64LE(BigInt(mode), 8);
+  how.writeBigUInt64LE(BigInt(resolve), 16);
+  const nr = process.arch === 'x64' || process.arch === 'arm64' ? 437 : syscallNumber('openat2');
+  return check(lib().syscall(nr, 'int', dirfd, 'const char *', path, 'void *', how, 'size_t', 24), 'openat2', path);
+}
