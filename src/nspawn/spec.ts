@@ -81,6 +81,12 @@ export interface OverlayMountOp {
   upperDir: string | null;
   /** Host path of overlayfs' work dir (same filesystem as upperDir); null when upperDir is null. */
   workDir: string | null;
+  /**
+   * (added by nspawn-options) --overlay with an empty upper: upperDir/workDir are null and the
+   * runtime makes them on a fresh tmpfs inside the container's mount namespace, so the
+   * layer is writable and disappears with the namespace (nothing on the host, even after SIGKILL).
+   */
+  temporaryUpper?: boolean;
 }
 
 export interface InaccessibleMountOp {
@@ -98,6 +104,10 @@ export interface HostFile {
   path: string;
   content: string;
   mode: number;
+  /** (added by nspawn-options) 'base64' = content is base64 of binary data (credentials); default utf8. */
+  encoding?: 'utf8' | 'base64';
+  /** (added by nspawn-options) mode of the directories created for `path` (credentials/ is 0500); default 0755. */
+  dirMode?: number;
 }
 
 export interface CapabilitySpec {
@@ -115,6 +125,18 @@ export interface ContainerSpec {
    * API filesystems (/proc, /sys, /dev, /run, /tmp) are mounted regardless.
    */
   readOnlyRoot: boolean;
+  /**
+   * (added by nspawn-options) How the root is assembled from `root` inside the container's
+   * mount namespace, before the API filesystems. Done there rather than on the host so a
+   * throw-away layer dies with the namespace, even when the launcher is SIGKILLed.
+   *  - 'plain' (default): `root` as it is.
+   *  - 'overlay': overlayfs, lower = `root`, upper + work on a fresh tmpfs
+   *    (-x/--ephemeral of a directory, --volatile=overlay): all writes are discarded at exit.
+   *  - 'volatile': a fresh tmpfs (mode 0755) as /, with `root`/usr bind-mounted read-only on /usr
+   *    (--volatile=yes).
+   * readOnlyRoot applies to the assembled root ('volatile' keeps / writable and /usr read-only).
+   */
+  rootLayer?: 'plain' | 'overlay' | 'volatile';
   /** Machine name (a valid hostname); used for the cgroup name and messages. */
   machineName: string;
   /** Hostname set in the UTS namespace (--hostname, default the machine name). */
