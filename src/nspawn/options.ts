@@ -1,0 +1,632 @@
+// mctl-nspawn's command line: a hand-written getopt_long equivalent (the launcher's start
+// latency is judged, and yargs alone costs more than a whole container start here).
+// Names, short options and value syntax follow systemd-nspawn 252; every value is validated
+// here so that a bad option fails before anything is created.
+import { UserError } from '../common/errors.js';
+import { isValidHostname } from '../common/names.js';
+import { parseSignal } from './signals.js';
+import { CAPABILITY_NAMES, capabilityNumber } from './capabilities.js';
+import { readFileSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
+
+export type StartMode = 'pid1' | 'pid2' | 'boot';
+export type VolatileMode = 'no' | 'yes' | 'state' | 'overlay';
+export type ConsoleMode = 'interactive' | 'read-only' | 'passive' | 'pipe' | 'autopipe';
+export type SettingsMode = 'yes' | 'no' | 'trusted' | 'override';
+export type RegisterMode = 'yes' | 'no' | 'auto';
+export const RESOLV_CONF_MODES = [
+  'off', 'copy-host', 'copy-static', 'copy-uplink', 'copy-stub', 'replace-host', 'replace-static',
+  'replace-uplink', 'replace-stub', 'bind-host', 'bind-static', 'bind-uplink', 'bind-stub', 'delete', 'auto',
+] as const;
+export type ResolvConfMode = (typeof RESOLV_CONF_MODES)[number];
+export const TIMEZONE_MODES = ['off', 'copy', 'bind', 'symlink', 'delete', 'auto'] as const;
+export type TimezoneMode = (typeof TIMEZONE_MODES)[number];
+export const LINK_JOURNAL_MODES = ['no', 'auto', 'guest', 'host', 'try-guest', 'try-host'] as const;
+export type LinkJournalMode = (typeof LINK_JOURNAL_MODES)[number];
+
+/** A path on the host, or ("+/x") one relative to the container's root directory. */
+export interface SourcePath {
+  path: string;
+  inContainer: boolean;
+}
+
+export type CustomMount =
+  | { kind: 'bind'; source: SourcePath | null; destination: string; readOnly: boolean; recursive: boolean; idmap: 'no' | 'idmap' | 'rootidmap' }
+  | { kind: 'tmpfs'; destination: string; options: string }
+  | { kind: 'overlay'; lower: SourcePath[]; upper: SourcePath | null; destination: string; readOnly: boolean }
+  | { kind: 'inaccessible'; destination: string };
+
+export interface Credential {
+  id: string;
+  data: Buffer;
+}
+
+/**
+ * Everything the command line or a .nspawn file can set. A field left undefined was not given,
+ * which is what the .nspawn merge (settings.ts) needs to know; defaults are applied later.
+ */
+export interface ContainerOptions {
+  directory?: string;
+  template?: string;
+  ephemeral?: boolean;
+  image?: string;
+  readOnly?: boolean;
+  volatile?: VolatileMode;
+  startMode?: StartMode;
+  /** The command (or, with --boot, init's arguments). */
+  parameters?: string[];
+  user?: string;
+  workingDirectory?: string;
+  /** NAME=VALUE assignments, in order; later ones win. */
+  environment?: string[];
+  killSignal?: number;
+  notifyReady?: boolean;
+  machine?: string;
+  hostname?: string;
+  uuid?: string;
+  slice?: string;
+  properties?: string[];
+  register?: RegisterMode;
+  keepUnit?: boolean;
+  capabilityAdd?: bigint;
+  capabilityDrop?: bigint;
+  noNewPrivileges?: boolean;
+  resolvConf?: ResolvConfMode;
+  timezone?: TimezoneMode;
+  linkJournal?: LinkJournalMode;
+  mounts?: CustomMount[];
+  console?: ConsoleMode;
+  credentials?: Credential[];
+}
+
+export interface CommandLine {
+  options: ContainerOptions;
+  quiet: boolean;
+  settings: SettingsMode;
+  action: 'run' | 'help' | 'version';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers, shared with the .nspawn parser (settings.ts). Each throws a bare message; the
+// caller prefixes it with the option or file:line it came from.
+
+export class ValueError extends Error {}
+
+export function parseBoolean(text: string): boolean {
+  const t = text.toLowerCase();
+  if (['1', 'yes', 'y', 'true', 't', 'on'].includes(t)) return true;
+  if (['0', 'no', 'n', 'false', 'f', 'off'].includes(t)) return false;
+  throw new ValueError(`'${text}' is not a boolean`);
+}
+
+function parseEnum<T extends string>(text: string, values: readonly T[], what: string): T {
+  if ((values as readonly string[]).includes(text)) return text as T;
+  throw new ValueError(`unknown ${what} '${text}' (choose from ${values.join(', ')})`);
+}
+
+export const parseResolvConf = (t: string): ResolvConfMode => parseEnum(t, RESOLV_CONF_MODES, 'mode');
+export const parseTimezone = (t: string): TimezoneMode => parseEnum(t, TIMEZONE_MODES, 'mode');
+export function parseLinkJournal(t: string): LinkJournalMode {
+  return parseEnum(t, LINK_JOURNAL_MODES, 'mode');
+}
+
+export function parseVolatile(text: string): VolatileMode {
+  if (text === 'state' || text === 'overlay') return text;
+  try {
+    return parseBoolean(text) ? 'yes' : 'no';
+  } catch {
+    throw new ValueError(`unknown mode '${text}' (choose from no, yes, state, overlay)`);
+  }
+}
+
+export function parseKillSignal(text: string): number {
+  const n = parseSignal(text);
+  if (n === undefined) throw new ValueError(`unknown signal '${text}'`);
+  return n;
+}
+
+/** A 128-bit id as systemd writes it: 32 hex digits, optionally in the dashed UUID form. */
+export function parseId128(text: string): string {
+  const hex = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(text)
+    ? text.replace(/-/g, '')
+    : text;
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new ValueError(`invalid UUID '${text}'`);
+  if (/^0+$/.test(hex)) throw new ValueError('the UUID may not be all zeroes');
+  return hex.toLowerCase();
+}
+
+export function parseHostnameValue(text: string): string {
+  if (!isValidHostname(text)) throw new ValueError(`invalid hostname '${text}'`);
+  return text;
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** NAME=VALUE, or a bare NAME that copies the launcher's own value (dropped when unset). */
+export function parseEnvironment(text: string, inherit: NodeJS.ProcessEnv = process.env): string | null {
+  const eq = text.indexOf('=');
+  const name = eq < 0 ? text : text.slice(0, eq);
+  if (!ENV_NAME.test(name)) throw new ValueError(`invalid environment assignment '${text}'`);
+  if (eq >= 0) return text;
+  const value = inherit[name];
+  return value === undefined ? null : `${name}=${value}`;
+}
+
+export function parseAbsolutePath(text: string): string {
+  if (!isAbsolute(text)) throw new ValueError(`'${text}' is not an absolute path`);
+  return simplifyPath(text);
+}
+
+/** path_simplify(): collapse "//" and "/./", drop a trailing "/"; ".." is refused. */
+export function simplifyPath(path: string): string {
+  const parts = path.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw new ValueError(`'${path}' contains '..'`);
+  return (path.startsWith('/') ? '/' : '') + parts.join('/');
+}
+
+/**
+ * Split on `sep` the way systemd's extract_first_word() does for these options: a backslash
+ * escapes the next character (so "\:" is a literal colon), empty fields are kept.
+ * With `max`, the last field takes the rest of the text unsplit (escapes kept as written).
+ */
+export function splitEscaped(text: string, sep: string, max = Infinity): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (out.length === max - 1) {
+      out.push(text.slice(i));
+      return out;
+    }
+    if (c === '\\' && i + 1 < text.length) {
+      cur += text[++i];
+    } else if (c === sep) {
+      out.push(cur);
+      cur = '';
+    } else {
+      cur += c;
+    }
+  }
+  out.push(cur);
+  return out;
+}
+
+function parseSourcePath(text: string): SourcePath {
+  if (text.startsWith('+')) return { path: parseAbsolutePath(text.slice(1) || '/'), inContainer: true };
+  return { path: parseAbsolutePath(text), inContainer: false };
+}
+
+/** --bind / --bind-ro / Bind= / BindReadOnly=: SRC[:DST[:OPTIONS]]. */
+export function parseBind(text: string, readOnly: boolean): CustomMount {
+  const [src = '', dst, opts] = splitEscaped(text, ':', 3);
+  if (dst === '') throw new ValueError(`'${text}': empty destination`);
+  const source = src === '' ? null : parseSourcePath(src);
+  if (!source && dst === undefined) throw new ValueError(`'${text}': an empty source needs a destination`);
+  const destination = dst === undefined ? source!.path : parseAbsolutePath(dst);
+  let recursive = true;
+  let idmap: 'no' | 'idmap' | 'rootidmap' = 'no';
+  for (const o of (opts ?? '').split(',').filter(Boolean)) {
+    if (o === 'rbind') recursive = true;
+    else if (o === 'norbind') recursive = false;
+    else if (o === 'idmap' || o === 'rootidmap') idmap = o;
+    else if (o === 'noidmap') idmap = 'no';
+    else throw new ValueError(`'${text}': unknown bind option '${o}' (known: rbind, norbind, idmap, noidmap, rootidmap)`);
+  }
+  return { kind: 'bind', source, destination, readOnly, recursive, idmap };
+}
+
+/** --tmpfs / TemporaryFileSystem=: PATH[:OPTIONS], options default to mode=0755. */
+export function parseTmpfs(text: string): CustomMount {
+  const [path = '', options] = splitEscaped(text, ':', 2);
+  return { kind: 'tmpfs', destination: parseAbsolutePath(path), options: options || 'mode=0755' };
+}
+
+/** --overlay / --overlay-ro: LOWER[:LOWER...][:UPPER]:DEST; an empty or missing upper is temporary. */
+export function parseOverlay(text: string, readOnly: boolean): CustomMount {
+  const parts = splitEscaped(text, ':');
+  if (parts.length < 2) throw new ValueError(`'${text}': needs at least two colon-separated directories`);
+  const destination = parseAbsolutePath(parts.pop()!);
+  let upper: SourcePath | null = null;
+  if (!readOnly && parts.length >= 2) {
+    const u = parts.pop()!;
+    upper = u === '' ? null : parseSourcePath(u);
+  }
+  const lower = parts.map((p) => {
+    if (p === '') throw new ValueError(`'${text}': empty lower directory`);
+    return parseSourcePath(p);
+  });
+  return { kind: 'overlay', lower, upper, destination, readOnly };
+}
+
+export function parseInaccessible(text: string): CustomMount {
+  return { kind: 'inaccessible', destination: parseAbsolutePath(text) };
+}
+
+/** credential_name_valid(): a usable file name of at most 255 bytes. */
+function parseCredentialId(id: string): string {
+  if (id === '' || id === '.' || id === '..' || id.includes('/') || Buffer.byteLength(id) > 255) {
+    throw new ValueError(`invalid credential name '${id}'`);
+  }
+  return id;
+}
+
+/** C-style escapes in --set-credential values, as systemd's cunescape() accepts them. */
+export function cUnescape(text: string): Buffer {
+  const out: number[] = [];
+  const simple: Record<string, number> = { a: 7, b: 8, f: 12, n: 10, r: 13, t: 9, v: 11, '\\': 92, '"': 34, "'": 39, s: 32 };
+  const bytes = Buffer.from(text, 'utf8');
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i] !== 0x5c || i + 1 >= bytes.length) {
+      out.push(bytes[i]!);
+      continue;
+    }
+    const c = String.fromCharCode(bytes[++i]!);
+    if (c in simple) out.push(simple[c]!);
+    else if (c === 'x' && /^[0-9a-fA-F]{2}$/.test(bytes.subarray(i + 1, i + 3).toString('latin1'))) {
+      out.push(parseInt(bytes.subarray(i + 1, i + 3).toString('latin1'), 16));
+      i += 2;
+    } else if (/[0-7]/.test(c) && /^[0-7]{3}$/.test(bytes.subarray(i, i + 3).toString('latin1'))) {
+      out.push(parseInt(bytes.subarray(i, i + 3).toString('latin1'), 8) & 0xff);
+      i += 2;
+    } else throw new ValueError(`invalid escape '\\${c}'`);
+  }
+  return Buffer.from(out);
+}
+
+const CREDENTIALS_TOTAL_MAX = 1024 * 1024;
+
+export function parseSetCredential(text: string): Credential {
+  const colon = text.indexOf(':');
+  if (colon < 0) throw new ValueError(`'${text}': missing ':VALUE'`);
+  return { id: parseCredentialId(text.slice(0, colon)), data: cUnescape(text.slice(colon + 1)) };
+}
+
+/** ID:PATH; a relative PATH is looked up in $CREDENTIALS_DIRECTORY (credentials we were given). */
+export function parseLoadCredential(text: string, env: NodeJS.ProcessEnv = process.env): Credential {
+  const colon = text.indexOf(':');
+  if (colon < 0) throw new ValueError(`'${text}': missing ':PATH'`);
+  const id = parseCredentialId(text.slice(0, colon));
+  let path = text.slice(colon + 1);
+  if (path === '') throw new ValueError(`'${text}': empty path`);
+  if (!isAbsolute(path)) {
+    const dir = env['CREDENTIALS_DIRECTORY'];
+    if (!dir) throw new ValueError(`credential '${path}' is not available (no credentials were passed to us)`);
+    path = `${dir}/${path}`;
+  }
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (err) {
+    throw new ValueError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  return { id, data };
+}
+
+export function addCredential(list: Credential[], cred: Credential): Credential[] {
+  if (list.some((c) => c.id === cred.id)) throw new ValueError(`duplicate credential '${cred.id}'`);
+  const total = list.reduce((n, c) => n + c.data.length, 0) + cred.data.length;
+  if (total > CREDENTIALS_TOTAL_MAX) throw new ValueError('credentials exceed 1 MiB in total');
+  return [...list, cred];
+}
+
+/** unit_name_is_valid() for a slice: NAME.slice with the unit name character set. */
+export function parseSlice(text: string): string {
+  if (!/^[A-Za-z0-9:_.\\-]+\.slice$/.test(text) || text.length > 255 || text.startsWith('.')) {
+    throw new ValueError(`invalid slice name '${text}'`);
+  }
+  return text;
+}
+
+export function parseProperty(text: string): string {
+  const eq = text.indexOf('=');
+  if (eq <= 0) throw new ValueError(`'${text}' is not NAME=VALUE`);
+  return text;
+}
+
+/** A comma- or space-separated capability list as a bit mask; "all" is every capability. */
+export function parseCapabilityList(text: string): bigint {
+  let mask = 0n;
+  for (const word of text.split(/[,\s]+/).filter(Boolean)) {
+    if (word.toLowerCase() === 'all') {
+      mask |= (1n << BigInt(CAPABILITY_NAMES.length)) - 1n;
+      continue;
+    }
+    const n = /^[0-9]+$/.test(word) && Number(word) < CAPABILITY_NAMES.length ? Number(word) : capabilityNumber(word);
+    if (n === undefined) throw new ValueError(`unknown capability '${word}'`);
+    mask |= 1n << BigInt(n);
+  }
+  return mask;
+}
+
+export function parseUser(text: string): string {
+  // A user name, or a numeric UID; resolved inside the container at start.
+  if (text === '' || /[\s:/]/.test(text) || text.length > 256) throw new ValueError(`invalid user name '${text}'`);
+  return text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The option table.
+
+type Arg = 'none' | 'required' | 'optional';
+interface OptionDef {
+  long: string;
+  short?: string;
+  arg: Arg;
+  apply(cl: CommandLine, value: string | undefined): void;
+}
+
+function list<T>(cur: T[] | undefined, item: T): T[] {
+  return [...(cur ?? []), item];
+}
+
+const mountOpt = (parse: (v: string) => CustomMount) => (cl: CommandLine, v: string | undefined) => {
+  cl.options.mounts = list(cl.options.mounts, parse(v!));
+};
+
+export const OPTIONS: OptionDef[] = [
+  { long: 'help', short: 'h', arg: 'none', apply: (cl) => void (cl.action = 'help') },
+  { long: 'version', arg: 'none', apply: (cl) => void (cl.action = 'version') },
+  { long: 'quiet', short: 'q', arg: 'none', apply: (cl) => void (cl.quiet = true) },
+  { long: 'no-pager', arg: 'none', apply: () => undefined },
+  {
+    long: 'settings',
+    arg: 'required',
+    apply: (cl, v) => {
+      if (v === 'trusted' || v === 'override') cl.settings = v;
+      else {
+        try {
+          cl.settings = parseBoolean(v!) ? 'yes' : 'no';
+        } catch {
+          throw new ValueError(`unknown mode '${v}' (choose from yes, no, trusted, override)`);
+        }
+      }
+    },
+  },
+  { long: 'directory', short: 'D', arg: 'required', apply: (cl, v) => void (cl.options.directory = nonEmpty(v!)) },
+  { long: 'template', arg: 'required', apply: (cl, v) => void (cl.options.template = nonEmpty(v!)) },
+  { long: 'ephemeral', short: 'x', arg: 'none', apply: (cl) => void (cl.options.ephemeral = true) },
+  { long: 'image', short: 'i', arg: 'required', apply: (cl, v) => void (cl.options.image = nonEmpty(v!)) },
+  { long: 'read-only', arg: 'none', apply: (cl) => void (cl.options.readOnly = true) },
+  { long: 'volatile', arg: 'optional', apply: (cl, v) => void (cl.options.volatile = v === undefined ? 'yes' : parseVolatile(v)) },
+  { long: 'as-pid2', short: 'a', arg: 'none', apply: (cl) => setStartMode(cl, 'pid2') },
+  { long: 'boot', short: 'b', arg: 'none', apply: (cl) => setStartMode(cl, 'boot') },
+  { long: 'chdir', arg: 'required', apply: (cl, v) => void (cl.options.workingDirectory = parseAbsolutePath(v!)) },
+  {
+    long: 'setenv',
+    short: 'E',
+    arg: 'required',
+    apply: (cl, v) => {
+      const a = parseEnvironment(v!);
+      cl.options.environment = a === null ? (cl.options.environment ?? []) : list(cl.options.environment, a);
+    },
+  },
+  { long: 'user', short: 'u', arg: 'required', apply: (cl, v) => void (cl.options.user = parseUser(v!)) },
+  { long: 'kill-signal', arg: 'required', apply: (cl, v) => void (cl.options.killSignal = parseKillSignal(v!)) },
+  { long: 'notify-ready', arg: 'required', apply: (cl, v) => void (cl.options.notifyReady = parseBoolean(v!)) },
+  {
+    long: 'machine',
+    short: 'M',
+    arg: 'required',
+    apply: (cl, v) => {
+      if (!isValidHostname(v!)) throw new ValueError(`invalid machine name '${v}'`);
+      cl.options.machine = v!;
+    },
+  },
+  { long: 'hostname', arg: 'required', apply: (cl, v) => void (cl.options.hostname = parseHostnameValue(v!)) },
+  { long: 'uuid', arg: 'required', apply: (cl, v) => void (cl.options.uuid = parseId128(v!)) },
+  { long: 'slice', short: 'S', arg: 'required', apply: (cl, v) => void (cl.options.slice = parseSlice(v!)) },
+  { long: 'property', arg: 'required', apply: (cl, v) => void (cl.options.properties = list(cl.options.properties, parseProperty(v!))) },
+  {
+    long: 'register',
+    arg: 'required',
+    apply: (cl, v) => {
+      if (v === 'auto') cl.options.register = 'auto';
+      else {
+        try {
+          cl.options.register = parseBoolean(v!) ? 'yes' : 'no';
+        } catch {
+          throw new ValueError(`unknown mode '${v}' (choose from yes, no, auto)`);
+        }
+      }
+    },
+  },
+  { long: 'keep-unit', arg: 'none', apply: (cl) => void (cl.options.keepUnit = true) },
+  {
+    long: 'capability',
+    arg: 'required',
+    apply: (cl, v) => void (cl.options.capabilityAdd = (cl.options.capabilityAdd ?? 0n) | parseCapabilityList(v!)),
+  },
+  {
+    long: 'drop-capability',
+    arg: 'required',
+    apply: (cl, v) => void (cl.options.capabilityDrop = (cl.options.capabilityDrop ?? 0n) | parseCapabilityList(v!)),
+  },
+  // nspawn requires the argument; we also take the bare flag (it can only mean "yes").
+  { long: 'no-new-privileges', arg: 'optional', apply: (cl, v) => void (cl.options.noNewPrivileges = v === undefined ? true : parseBoolean(v)) },
+  { long: 'resolv-conf', arg: 'required', apply: (cl, v) => void (cl.options.resolvConf = parseResolvConf(v!)) },
+  { long: 'timezone', arg: 'required', apply: (cl, v) => void (cl.options.timezone = parseTimezone(v!)) },
+  { long: 'link-journal', arg: 'required', apply: (cl, v) => void (cl.options.linkJournal = parseLinkJournal(v!)) },
+  { long: 'j', short: 'j', arg: 'none', apply: (cl) => void (cl.options.linkJournal = 'try-guest') },
+  { long: 'bind', arg: 'required', apply: mountOpt((v) => parseBind(v, false)) },
+  { long: 'bind-ro', arg: 'required', apply: mountOpt((v) => parseBind(v, true)) },
+  { long: 'tmpfs', arg: 'required', apply: mountOpt(parseTmpfs) },
+  { long: 'overlay', arg: 'required', apply: mountOpt((v) => parseOverlay(v, false)) },
+  { long: 'overlay-ro', arg: 'required', apply: mountOpt((v) => parseOverlay(v, true)) },
+  { long: 'inaccessible', arg: 'required', apply: mountOpt(parseInaccessible) },
+  {
+    long: 'console',
+    arg: 'required',
+    apply: (cl, v) => void (cl.options.console = parseEnum(v!, ['interactive', 'read-only', 'passive', 'pipe', 'autopipe'] as const, 'console mode')),
+  },
+  { long: 'pipe', short: 'P', arg: 'none', apply: (cl) => void (cl.options.console = 'pipe') },
+  { long: 'set-credential', arg: 'required', apply: (cl, v) => void (cl.options.credentials = addCredential(cl.options.credentials ?? [], parseSetCredential(v!))) },
+  { long: 'load-credential', arg: 'required', apply: (cl, v) => void (cl.options.credentials = addCredential(cl.options.credentials ?? [], parseLoadCredential(v!))) },
+];
+
+function nonEmpty(v: string): string {
+  if (v === '') throw new ValueError('empty value');
+  return v;
+}
+
+function setStartMode(cl: CommandLine, mode: StartMode): void {
+  const cur = cl.options.startMode;
+  if (cur && cur !== mode) throw new UserError('--boot and --as-pid2 may not be combined');
+  cl.options.startMode = mode;
+}
+
+const byLong = new Map(OPTIONS.filter((o) => o.long.length > 1).map((o) => [o.long, o]));
+const byShort = new Map(OPTIONS.filter((o) => o.short).map((o) => [o.short!, o]));
+
+function applyOption(cl: CommandLine, def: OptionDef, shown: string, value: string | undefined): void {
+  try {
+    def.apply(cl, value);
+  } catch (err) {
+    if (err instanceof ValueError) throw new UserError(`${shown}: ${err.message}`);
+    throw err;
+  }
+}
+
+/**
+ * Parse argv (without node and script). Like getopt_long with a leading "+": options end at
+ * "--" or at the first non-option, which starts the command.
+ */
+export function parseCommandLine(argv: readonly string[]): CommandLine {
+  const cl: CommandLine = { options: {}, quiet: false, settings: 'yes', action: 'run' };
+  let i = 0;
+  for (; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      i++;
+      break;
+    }
+    if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      const name = eq < 0 ? a.slice(2) : a.slice(2, eq);
+      const def = byLong.get(name);
+      if (!def) throw new UserError(`unrecognized option '--${name}'`, { hint: 'see --help' });
+      let value: string | undefined = eq < 0 ? undefined : a.slice(eq + 1);
+      if (def.arg === 'none' && value !== undefined) throw new UserError(`option '--${name}' doesn't allow an argument`);
+      if (def.arg === 'required' && value === undefined) {
+        if (i + 1 >= argv.length) throw new UserError(`option '--${name}' requires an argument`);
+        value = argv[++i];
+      }
+      applyOption(cl, def, `--${name}`, value);
+      if (cl.action !== 'run') return cl;
+      continue;
+    }
+    if (a.startsWith('-') && a.length > 1) {
+      // A cluster of short options: "-bq", "-Dpath", "-D path".
+      for (let j = 1; j < a.length; j++) {
+        const c = a[j]!;
+        const def = byShort.get(c);
+        if (!def) throw new UserError(`invalid option -- '${c}'`, { hint: 'see --help' });
+        let value: string | undefined;
+        if (def.arg === 'required') {
+          if (j + 1 < a.length) value = a.slice(j + 1);
+          else if (i + 1 < argv.length) value = argv[++i];
+          else throw new UserError(`option requires an argument -- '${c}'`);
+          j = a.length;
+        }
+        applyOption(cl, def, def.long.length > 1 ? `--${def.long}` : `-${c}`, value);
+        if (cl.action !== 'run') return cl;
+      }
+      continue;
+    }
+    break;
+  }
+  if (i < argv.length) cl.options.parameters = argv.slice(i);
+  checkConflicts(cl.options);
+  return cl;
+}
+
+/** The combinations systemd-nspawn refuses, with the same wording where it has one. */
+export function checkConflicts(o: ContainerOptions): void {
+  if (o.directory !== undefined && o.image !== undefined) throw new UserError('--directory= and --image= may not be combined');
+  if (o.template !== undefined && o.image !== undefined) throw new UserError('--template= and --image= may not be combined');
+  if (o.ephemeral && o.template !== undefined) throw new UserError('--ephemeral and --template= may not be combined');
+  if (o.ephemeral && (o.linkJournal === 'host' || o.linkJournal === 'guest')) {
+    throw new UserError('--ephemeral and --link-journal={host,guest} may not be combined');
+  }
+  if (o.readOnly && o.volatile !== undefined && o.volatile !== 'no') {
+    throw new UserError('--read-only and --volatile= may not be combined (--volatile already makes the root read-only)');
+  }
+  if (o.ephemeral && o.volatile !== undefined && o.volatile !== 'no') {
+    throw new UserError('--ephemeral and --volatile= may not be combined');
+  }
+}
+
+export const HELP = `mctl-nspawn [OPTIONS...] [COMMAND [ARGUMENTS...]]
+
+Spawn a command or boot an OS in a light-weight container.
+
+  -h --help                 Show this help
+     --version              Print the version
+  -q --quiet                Do not show status information
+     --settings=MODE        Load a .nspawn settings file: yes, no, trusted, override
+
+Image:
+  -D --directory=PATH       Root directory for the container
+     --template=PATH        Populate the root directory from this one if it is missing
+  -x --ephemeral            Run on a throw-away snapshot of the root, removed at exit
+  -i --image=PATH           Root file system disk image
+     --read-only            Mount the root directory read-only
+     --volatile[=MODE]      Volatile mode: no, yes, state, overlay
+
+Execution:
+  -a --as-pid2              Run a stub init as PID 1 and the command as PID 2
+  -b --boot                 Boot the OS (run its init)
+     --chdir=PATH           Working directory in the container
+  -E --setenv=NAME[=VALUE]  Set an environment variable for PID 1
+  -u --user=USER            Run the command as this user or UID
+     --kill-signal=SIGNAL   Signal that asks PID 1 to shut down
+     --notify-ready=BOOL    Wait for READY=1 from the payload before reporting ready
+
+System identity:
+  -M --machine=NAME         Machine name (default: the directory's name)
+     --hostname=NAME        Host name inside the container (default: machine name)
+     --uuid=UUID            Machine UUID
+
+Properties:
+  -S --slice=SLICE          Slice for the container's scope
+     --property=NAME=VALUE  Scope unit property
+     --register=MODE        Register with org.freedesktop.machine1: yes, no, auto
+     --keep-unit            Use the service unit we run in instead of a new scope
+
+Security:
+     --capability=CAP       Keep this capability in addition to the defaults
+     --drop-capability=CAP  Drop this capability from the defaults
+     --no-new-privileges[=BOOL]
+                            Set PR_SET_NO_NEW_PRIVS for the payload
+
+Integration:
+     --resolv-conf=MODE     /etc/resolv.conf: off, copy-host, bind-host,
+                            replace-host, delete, auto (and -static/-stub/-uplink)
+     --timezone=MODE        /etc/localtime: off, copy, bind, symlink, delete, auto
+     --link-journal=MODE    Journal linking: no, auto, guest, host, try-guest, try-host
+  -j                        Same as --link-journal=try-guest
+
+Mounts:
+     --bind=SRC[:DST[:OPTS]]
+                            Bind mount from the host (OPTS: rbind, norbind);
+                            "\\:" is a literal colon, "+" makes SRC container-relative
+     --bind-ro=SRC[:DST[:OPTS]]
+                            The same, read-only
+     --inaccessible=PATH    Hide a path behind an inaccessible node
+     --tmpfs=PATH[:OPTS]    Mount an empty tmpfs (default mode=0755)
+     --overlay=LOWER[:LOWER...]:UPPER:DST
+                            Overlay mount from host directories
+     --overlay-ro=LOWER[:LOWER...]:DST
+                            Read-only overlay mount
+
+Input/Output:
+     --console=MODE         interactive, read-only, passive, pipe, autopipe
+  -P --pipe                 Same as --console=pipe
+
+Credentials:
+     --set-credential=ID:VALUE
+                            Pass a credential with this value
+     --load-credential=ID:PATH
+                            Pass a credential read from a file
+
+See docs/nspawn.md for details and the differences from systemd-nspawn.
+`;
