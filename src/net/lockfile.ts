@@ -1,0 +1,91 @@
+// Lock files with systemd's semantics (OFD locks, as make_lock_file() takes them), so our
+// locks and stock systemd-nspawn's exclude each other. A lock lives as long as its open file
+// description: a lock held for a container's life is inherited across exec by clearing
+// FD_CLOEXEC (keepAcrossExec) and dies with the last process holding it, also on SIGKILL.
+import { closeSync, fstatSync, mkdirSync, openSync, statSync, unlinkSync, constants } from 'node:fs';
+import { dirname } from 'node:path';
+import { ofdLock, clearCloexec } from '../sys/libc.js';
+
+export class LockFile {
+  readonly path: string;
+  private fdValue: number | null;
+
+  private constructor(path: string, fd: number) {
+    this.path = path;
+    this.fdValue = fd;
+  }
+
+  get fd(): number {
+    if (this.fdValue === null) throw new Error(`${this.path}: lock already released`);
+    return this.fdValue;
+  }
+
+  /** Take the lock without waiting; null when someone else holds it. */
+  static tryAcquire(path: string): LockFile | null {
+    return LockFile.open(path, false);
+  }
+
+  /** Take the lock, waiting for the holder to let go. */
+  static acquire(path: string): LockFile {
+    const lock = LockFile.open(path, true);
+    if (!lock) throw new Error(`${path}: could not take lock`);
+    return lock;
+  }
+
+  private static open(path: string, wait: boolean): LockFile | null {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    for (;;) {
+      const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+      let locked = false;
+      try {
+        locked = ofdLock(fd, 'exclusive', wait);
+        if (!locked) {
+          closeSync(fd);
+          return null;
+        }
+        // The previous holder may have unlinked the file between our open and our lock:
+        // then we locked an orphan inode and must try again on the new file.
+        const st = fstatSync(fd);
+        let current: ReturnType<typeof statSync> | undefined;
+        try {
+          current = statSync(path);
+        } catch {
+          current = undefined;
+        }
+        if (st.nlink > 0 && current && current.ino === st.ino && current.dev === st.dev) return new LockFile(path, fd);
+      } catch (err) {
+        closeSync(fd);
+        throw err;
+      }
+      closeSync(fd);
+    }
+  }
+
+  /** Let the fd (and so the lock) survive execve into the resident supervisor. */
+  keepAcrossExec(): number {
+    clearCloexec(this.fd);
+    return this.fd;
+  }
+
+  /** Release; with unlink, remove the file first (safe: we hold it exclusively). */
+  release(unlink = true): void {
+    if (this.fdValue === null) return;
+    if (unlink) {
+      try {
+        unlinkSync(this.path);
+      } catch {
+        /* already gone */
+      }
+    }
+    closeSync(this.fdValue);
+    this.fdValue = null;
+  }
+}
+
+/** Is the lock at PATH free right now? (Takes and drops it; does not unlink.) */
+export function isLockFree(path: string): boolean {
+  const l = LockFile.tryAcquire(path);
+  if (!l) return false;
+  l.release(false);
+  return true;
+}

@@ -1,0 +1,380 @@
+// A machine's network, end to end: host-side links (veth, zone bridge member, bridge member,
+// extra veths, moved/macvlan/ipvlan interfaces), automatic addressing and NAT, port forwards,
+// and the state + lock files that let anyone clean up after a launcher that was killed.
+//
+// Files under cfg.stateDir:
+//   alloc.lock            serialises allocation, zone bridge create/remove and nft table changes
+//   machines/NAME.json    what was set up for NAME (written BEFORE anything is created)
+//   machines/NAME.lock    held (OFD lock) by the launcher for the container's whole life
+// A state file whose lock is free belongs to a dead launcher: collect() undoes it, and every
+// allocation collects such leftovers first, so a SIGKILLed launcher never leaks addresses.
+import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { UserError } from '../common/errors.js';
+import { siphash24, hexKey } from './siphash.js';
+import { generateMac, hostVethName, zoneBridgeName, MAC_KEYS, isValidZoneName, shortenIfname } from './names.js';
+import { bridgeMembers, deleteLinkIfExists, getLink, ipBatch, isValidIfname, type NetnsTarget } from './ip.js';
+import { addMachineRules, deleteMachineRules, deleteTableIfEmpty, type MachineRule } from './nft.js';
+import { LockFile, isLockFree } from './lockfile.js';
+import { netConfig, slotCount, slotSubnet, formatIPv4, formatIPv6, type NetConfig } from './config.js';
+import { portForwardRules, assertNoDuplicatePorts, type PortForward } from './ports.js';
+import { ToolError } from './exec.js';
+
+export interface VethExtra {
+  host: string;
+  container: string;
+}
+
+/** What the launcher asks for (already parsed and checked for conflicts by the option layer). */
+export interface MachineNetworkRequest {
+  machine: string;
+  /** A process inside the container's network namespace (the container's leader). */
+  leaderPid: number;
+  veth: boolean;
+  vethExtra: VethExtra[];
+  /** --network-bridge: an existing bridge the vb-NAME veth joins. */
+  bridge: string | null;
+  /** --network-zone: vz-ZONE, created on demand. */
+  zone: string | null;
+  interfaces: string[];
+  macvlan: string[];
+  ipvlan: string[];
+  ports: PortForward[];
+  /** Addresses, default routes and NAT from mctl (false: leave it to networkd or the admin). */
+  auto: boolean;
+}
+
+export interface AddressPair {
+  address: string;
+  gateway: string;
+  prefix: number;
+}
+
+export interface MachineNetState {
+  machine: string;
+  table: string;
+  mode: 'veth' | 'zone' | 'bridge' | 'none';
+  /** Host side of the main veth (ve-NAME / vb-NAME), null without one. */
+  hostIf: string | null;
+  zone: string | null;
+  /** Bridge the host side is enslaved to (the zone's vz-ZONE or --network-bridge). */
+  bridge: string | null;
+  /** Whether this machine created the zone bridge (informational; removal checks membership). */
+  slot: number | null;
+  slots: number;
+  ipv4: AddressPair | null;
+  ipv6: AddressPair | null;
+  ports: PortForward[];
+  extraHostIfs: string[];
+  leaderPid: number;
+}
+
+export interface MachineNetwork {
+  state: MachineNetState;
+  /** The machine lock; keep its fd open (keepAcrossExec) for as long as the container lives. */
+  lock: LockFile;
+  /** Undo everything (the launcher calls it when the container stops). */
+  teardown(): Promise<void>;
+}
+
+const SLOT_KEY = hexKey('6d63746c2d6e65742d736c6f742d6b31'); // first-guess key for address slots
+const ZONE_SLOTS = 16;
+
+function machinesDir(cfg: NetConfig): string {
+  return join(cfg.stateDir, 'machines');
+}
+
+function statePath(cfg: NetConfig, machine: string): string {
+  return join(machinesDir(cfg), `${machine}.json`);
+}
+
+function lockPath(cfg: NetConfig, machine: string): string {
+  return join(machinesDir(cfg), `${machine}.lock`);
+}
+
+function writeState(cfg: NetConfig, state: MachineNetState): void {
+  mkdirSync(machinesDir(cfg), { recursive: true, mode: 0o755 });
+  const tmp = `${statePath(cfg, state.machine)}.tmp`;
+  writeFileSync(tmp, JSON.stringify(state) + '\n', { mode: 0o644 });
+  renameSync(tmp, statePath(cfg, state.machine));
+}
+
+export function readMachineNetState(machine: string, cfg: NetConfig = netConfig()): MachineNetState | null {
+  try {
+    return JSON.parse(readFileSync(statePath(cfg, machine), 'utf8')) as MachineNetState;
+  } catch {
+    return null;
+  }
+}
+
+function listStates(cfg: NetConfig): MachineNetState[] {
+  let names: string[];
+  try {
+    names = readdirSync(machinesDir(cfg));
+  } catch {
+    return [];
+  }
+  return names.filter((n) => n.endsWith('.json')).flatMap((n) => {
+    const s = readMachineNetState(n.slice(0, -5), cfg);
+    return s ? [s] : [];
+  });
+}
+
+/** Undo a state: rules, links, zone bridge. Caller holds alloc.lock and the machine is dead or ours. */
+async function undoState(cfg: NetConfig, s: MachineNetState): Promise<void> {
+  const errors: string[] = [];
+  const attempt = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
+    try {
+      await fn();
+    } catch (err) {
+      errors.push(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  };
+  await attempt('nft', () => deleteMachineRules(s.table, s.machine));
+  for (const link of [s.hostIf, ...s.extraHostIfs]) if (link) await attempt(link, () => deleteLinkIfExists(link));
+  if (s.zone && s.bridge) {
+    const bridge = s.bridge;
+    await attempt(bridge, async () => {
+      const members = await bridgeMembers(bridge);
+      if (members !== null && members.length === 0) await deleteLinkIfExists(bridge);
+    });
+  }
+  try {
+    unlinkSync(statePath(cfg, s.machine));
+  } catch {
+    /* gone */
+  }
+  const others = listStates(cfg).filter((o) => o.table === s.table);
+  if (others.length === 0) await attempt('nft table', () => deleteTableIfEmpty(s.table));
+  if (errors.length) throw new Error(`cleaning up the network of ${s.machine}: ${errors.join('; ')}`);
+}
+
+function withAllocLock<T>(cfg: NetConfig, fn: () => Promise<T>): Promise<T> {
+  const lock = LockFile.acquire(join(cfg.stateDir, 'alloc.lock'));
+  return fn().finally(() => lock.release(false));
+}
+
+/** Collect leftovers of launchers that died (state file present, machine lock free). Under alloc.lock. */
+async function collectStale(cfg: NetConfig): Promise<void> {
+  for (const s of listStates(cfg)) {
+    const lp = lockPath(cfg, s.machine);
+    const lock = LockFile.tryAcquire(lp);
+    if (!lock) continue;
+    try {
+      await undoState(cfg, s);
+    } finally {
+      lock.release(true);
+    }
+  }
+}
+
+export type CollectResult = 'collected' | 'running' | 'absent';
+
+/**
+ * Remove what a machine's launcher set up when that launcher is gone (killed, crashed). A machine
+ * whose launcher still holds its lock is left alone ('running'). Safe to call any time.
+ */
+export async function collect(machine: string, cfg: NetConfig = netConfig()): Promise<CollectResult> {
+  return withAllocLock(cfg, async () => {
+    const s = readMachineNetState(machine, cfg);
+    if (!s) return 'absent';
+    const lock = LockFile.tryAcquire(lockPath(cfg, machine));
+    if (!lock) return 'running';
+    try {
+      await undoState(cfg, s);
+    } finally {
+      lock.release(true);
+    }
+    return 'collected';
+  });
+}
+
+/** Pick `slots` free consecutive aligned slots; the first guess hashes the owner's name so addresses are stable. */
+function pickSlot(cfg: NetConfig, owner: string, slots: number, used: ReadonlyArray<[number, number]>): number {
+  const total = slotCount(cfg);
+  const want = Math.min(slots, total);
+  const candidates = Math.floor(total / want);
+  const start = Number(siphash24(owner, SLOT_KEY) % BigInt(candidates));
+  for (let i = 0; i < candidates; i++) {
+    const slot = ((start + i) % candidates) * want;
+    if (used.every(([s, n]) => slot + want <= s || s + n <= slot)) return slot;
+  }
+  throw new UserError('the container address pool is exhausted', { hint: 'set a larger pool with MCTL_NET_POOL4' });
+}
+
+function hostAddr(net4: number, n: number): string {
+  return formatIPv4((net4 + n) >>> 0);
+}
+
+async function checkLinkExists(name: string, what: string, kind?: string): Promise<void> {
+  const link = await getLink(name);
+  if (!link) throw new UserError(`${what} '${name}' does not exist`);
+  if (kind && link.linkinfo?.info_kind !== kind) throw new UserError(`${what} '${name}' is not a ${kind}`);
+}
+
+function writeSysctl(path: string, value: string): void {
+  writeFileSync(`/proc/sys/net/${path}`, value);
+}
+
+/** Set up everything for one machine whose network namespace exists (leaderPid is inside it). */
+export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetConfig = netConfig()): Promise<MachineNetwork> {
+  const { machine } = req;
+  assertNoDuplicatePorts(req.ports);
+  if (req.zone !== null && !isValidZoneName(req.zone)) throw new UserError(`invalid network zone name '${req.zone}'`);
+  for (const x of req.vethExtra) {
+    for (const n of [x.host, x.container]) if (!isValidIfname(n)) throw new UserError(`invalid interface name '${n}' in --network-veth-extra`);
+  }
+  if (req.bridge) await checkLinkExists(req.bridge, 'bridge', 'bridge');
+  for (const i of [...req.interfaces, ...req.macvlan, ...req.ipvlan]) await checkLinkExists(i, 'network interface');
+  const mode: MachineNetState['mode'] = req.zone ? 'zone' : req.bridge ? 'bridge' : req.veth ? 'veth' : 'none';
+  const autoAddr = req.auto && (mode === 'veth' || mode === 'zone');
+  if (req.ports.length > 0 && !autoAddr) {
+    throw new UserError('--port needs a veth or zone link with automatic addressing', { hint: 'use --network-veth or --network-zone, without --network-auto=no' });
+  }
+
+  const lock = LockFile.tryAcquire(lockPath(cfg, machine));
+  if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
+  const container: NetnsTarget = { pid: req.leaderPid };
+  let state: MachineNetState | null = null;
+  try {
+    state = await withAllocLock(cfg, async () => {
+      const old = readMachineNetState(machine, cfg);
+      if (old) await undoState(cfg, old); // leftover of an earlier, killed launcher of the same name
+      await collectStale(cfg);
+
+      const main = mode === 'none' ? null : hostVethName(machine, mode === 'veth' ? 'veth' : 'bridge-member');
+      const zoneBridge = req.zone ? zoneBridgeName(req.zone) : null;
+      const bridge = zoneBridge?.name ?? req.bridge;
+      const others = listStates(cfg);
+      let slot: number | null = null;
+      let slots = 1;
+      let hostNo = 2;
+      if (autoAddr) {
+        const zoneMate = req.zone ? others.find((o) => o.zone === req.zone && o.slot !== null) : undefined;
+        if (zoneMate && zoneMate.slot !== null) {
+          slot = zoneMate.slot;
+          slots = zoneMate.slots;
+          const taken = new Set(others.filter((o) => o.zone === req.zone).map((o) => o.ipv4?.address));
+          const sub = slotSubnet(cfg, slot, slots);
+          while (taken.has(hostAddr(sub.net4, hostNo))) hostNo++;
+          if (hostNo >= 16 * slots - 1) throw new UserError(`network zone '${req.zone}' is full`);
+        } else {
+          slots = req.zone ? Math.min(ZONE_SLOTS, slotCount(cfg)) : 1;
+          const used = others.flatMap((o): Array<[number, number]> => (o.slot === null ? [] : [[o.slot, o.slots]]));
+          slot = pickSlot(cfg, req.zone ? `zone:${req.zone}` : machine, slots, used);
+        }
+      }
+      const sub = slot === null ? null : slotSubnet(cfg, slot, slots);
+      const s: MachineNetState = {
+        machine,
+        table: cfg.table,
+        mode,
+        hostIf: main?.name ?? null,
+        zone: req.zone,
+        bridge,
+        slot,
+        slots,
+        ipv4: sub ? { address: hostAddr(sub.net4, hostNo), gateway: hostAddr(sub.net4, 1), prefix: sub.prefix4 } : null,
+        ipv6: sub ? { address: formatIPv6(sub.net6 + BigInt(hostNo)), gateway: formatIPv6(sub.net6 + 1n), prefix: 64 } : null,
+        ports: req.ports,
+        extraHostIfs: req.vethExtra.map((x) => x.host),
+        leaderPid: req.leaderPid,
+      };
+      // Recorded before anything exists, so a crash half-way is still collectable.
+      writeState(cfg, s);
+
+      const host: string[] = [];
+      if (main) {
+        const macHost = generateMac(machine, MAC_KEYS.host);
+        const macCont = generateMac(machine, MAC_KEYS.container);
+        host.push(`link add ${main.name} address ${macHost} type veth peer name host0 address ${macCont} netns ${req.leaderPid}`);
+        if (main.altName) host.push(`link property add dev ${main.name} altname ${main.altName}`);
+      }
+      req.vethExtra.forEach((x, idx) => {
+        const mh = generateMac(machine, MAC_KEYS.extraHost, idx);
+        const mc = generateMac(machine, MAC_KEYS.extraContainer, idx);
+        host.push(`link add ${x.host} address ${mh} type veth peer name ${x.container} address ${mc} netns ${req.leaderPid}`);
+      });
+      if (zoneBridge && !(await getLink(zoneBridge.name))) {
+        host.push(`link add ${zoneBridge.name} type bridge`);
+        if (zoneBridge.altName) host.push(`link property add dev ${zoneBridge.name} altname ${zoneBridge.altName}`);
+      }
+      if (main && bridge) host.push(`link set ${main.name} master ${bridge}`);
+      if (zoneBridge) host.push(`link set ${zoneBridge.name} up`);
+      const gwIf = zoneBridge?.name ?? main?.name ?? null;
+      if (sub && s.ipv4 && s.ipv6 && gwIf) {
+        const has = zoneBridge ? others.some((o) => o.zone === req.zone && o.slot !== null) : false;
+        if (!has) {
+          host.push(`addr replace ${s.ipv4.gateway}/${s.ipv4.prefix} dev ${gwIf}`);
+          host.push(`addr replace ${s.ipv6.gateway}/64 dev ${gwIf} nodad`);
+        }
+      }
+      req.interfaces.forEach((i) => host.push(`link set dev ${i} netns ${req.leaderPid}`));
+      req.macvlan.forEach((i) => {
+        const n = shortenIfname(`mv-${i}`).name;
+        host.push(`link add link ${i} name ${n} address ${generateMac(`${machine}${i}`, MAC_KEYS.macvlan)} netns ${req.leaderPid} type macvlan mode bridge`);
+      });
+      req.ipvlan.forEach((i) => host.push(`link add link ${i} name ${shortenIfname(`iv-${i}`).name} netns ${req.leaderPid} type ipvlan mode l2`));
+      if (main) host.push(`link set ${main.name} up`);
+      for (const x of req.vethExtra) host.push(`link set ${x.host} up`);
+      await ipBatch(host);
+
+      if (sub && s.ipv4 && s.ipv6 && gwIf) {
+        writeSysctl('ipv4/ip_forward', '1');
+        writeSysctl('ipv6/conf/all/forwarding', '1');
+        // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
+        if (req.ports.length > 0) writeSysctl(`ipv4/conf/${gwIf}/route_localnet`, '1');
+        const net4 = `${formatIPv4(sub.net4)}/${sub.prefix4}`;
+        const net6 = `${formatIPv6(sub.net6)}/64`;
+        const rules: MachineRule[] = [
+          { chain: 'postrouting', rule: `ip saddr ${net4} ip daddr != ${net4} masquerade` },
+          { chain: 'postrouting', rule: `ip6 saddr ${net6} ip6 daddr != ${net6} masquerade` },
+          ...portForwardRules(req.ports, { ipv4: s.ipv4.address, ipv6: s.ipv6.address, hostIf: gwIf }),
+        ];
+        await addMachineRules(cfg.table, machine, rules);
+        await ipBatch(
+          [
+            'link set lo up',
+            'link set host0 up',
+            `addr add ${s.ipv4.address}/${s.ipv4.prefix} dev host0`,
+            `addr add ${s.ipv6.address}/64 dev host0 nodad`,
+            `route add default via ${s.ipv4.gateway} dev host0`,
+            `route add ::/0 via ${s.ipv6.gateway} dev host0`,
+          ],
+          container,
+        );
+      }
+      return s;
+    });
+  } catch (err) {
+    // Undo whatever got created; the state file says what to look for.
+    const s = readMachineNetState(machine, cfg);
+    if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
+    lock.release(true);
+    if (err instanceof ToolError) throw new UserError(`network setup for '${machine}' failed: ${err.message}`);
+    throw err;
+  }
+  const done = state;
+  return {
+    state: done,
+    lock,
+    teardown: async () => {
+      try {
+        await withAllocLock(cfg, async () => {
+          const s = readMachineNetState(machine, cfg) ?? done;
+          await undoState(cfg, s);
+        });
+      } finally {
+        lock.release(true);
+      }
+    },
+  };
+}
+
+/** Addresses mctl gave the machine (for GetMachineAddresses when the namespace cannot be read). */
+export function machineAddresses(machine: string, cfg: NetConfig = netConfig()): string[] {
+  const s = readMachineNetState(machine, cfg);
+  return s ? [s.ipv4?.address, s.ipv6?.address].filter((a): a is string => typeof a === 'string') : [];
+}
+
+export { isLockFree };

@@ -1,0 +1,89 @@
+// nftables, only ever inside mctl's own table (`table inet mctl` by default). We never list,
+// flush or edit any other table, so Docker's, firewalld's or the admin's rules are untouched.
+// Every rule carries the comment "mctl:NAME" of the machine it belongs to, and is removed
+// together with that machine's other rules in one nft transaction (atomic).
+import { runTool, ToolError } from './exec.js';
+
+export type NatChain = 'prerouting' | 'output' | 'postrouting';
+
+export interface MachineRule {
+  chain: NatChain;
+  /** The rule body in nft syntax, without "add rule ..." and without a comment. */
+  rule: string;
+}
+
+const CHAINS: Record<NatChain, string> = {
+  // One above the standard nat priorities, like nspawn's io.systemd.nat table.
+  prerouting: 'type nat hook prerouting priority -99; policy accept;',
+  output: 'type nat hook output priority -99; policy accept;',
+  postrouting: 'type nat hook postrouting priority 101; policy accept;',
+};
+
+export function machineTag(machine: string): string {
+  return `mctl:${machine}`;
+}
+
+export function isValidTableName(name: string): boolean {
+  return /^[A-Za-z][A-Za-z0-9_-]{0,30}$/.test(name);
+}
+
+async function nftScript(script: string): Promise<void> {
+  await runTool(['nft', '-f', '-'], script);
+}
+
+function ensureTableScript(table: string): string[] {
+  const lines = [`add table inet ${table}`];
+  for (const [chain, def] of Object.entries(CHAINS)) lines.push(`add chain inet ${table} ${chain} { ${def} }`);
+  return lines;
+}
+
+/** Add a machine's rules (creating the table and chains if needed) in one transaction. */
+export async function addMachineRules(table: string, machine: string, rules: readonly MachineRule[]): Promise<void> {
+  if (rules.length === 0) return;
+  const tag = machineTag(machine);
+  const lines = ensureTableScript(table);
+  for (const r of rules) lines.push(`add rule inet ${table} ${r.chain} ${r.rule} comment "${tag}"`);
+  await nftScript(lines.join('\n') + '\n');
+}
+
+interface NftJsonRule {
+  rule?: { family: string; table: string; chain: string; handle: number; comment?: string };
+}
+
+interface RuleRef {
+  chain: string;
+  handle: number;
+  comment: string | undefined;
+}
+
+/** Rules of our table, with handles; null when the table does not exist. */
+export async function listTableRules(table: string): Promise<RuleRef[] | null> {
+  let out: string;
+  try {
+    out = await runTool(['nft', '-j', '-a', 'list', 'table', 'inet', table]);
+  } catch (err) {
+    if (err instanceof ToolError && /No such file or directory/.test(err.stderr)) return null;
+    throw err;
+  }
+  const items = (JSON.parse(out) as { nftables: NftJsonRule[] }).nftables;
+  return items.flatMap((i) => (i.rule ? [{ chain: i.rule.chain, handle: i.rule.handle, comment: i.rule.comment }] : []));
+}
+
+/** Remove every rule tagged with the machine, atomically. Returns how many were removed. */
+export async function deleteMachineRules(table: string, machine: string): Promise<number> {
+  const rules = await listTableRules(table);
+  if (!rules) return 0;
+  const tag = machineTag(machine);
+  const mine = rules.filter((r) => r.comment === tag);
+  if (mine.length === 0) return 0;
+  await nftScript(mine.map((r) => `delete rule inet ${table} ${r.chain} handle ${r.handle}`).join('\n') + '\n');
+  return mine.length;
+}
+
+/** Drop our table once no rule is left in it, so `nft list ruleset` shows nothing of ours. */
+export async function deleteTableIfEmpty(table: string): Promise<boolean> {
+  const rules = await listTableRules(table);
+  if (rules === null || rules.length > 0) return false;
+  await nftScript(`delete table inet ${table}\n`);
+  return true;
+}
