@@ -1,0 +1,90 @@
+// `mctl start` on a host without systemd: run the launcher detached, the way container@.service
+// would run it, and wait until the machine is registered with the machine manager and (when
+// it boots systemd) its boot has finished. The launcher's output goes to a log file.
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { UserError } from '../common/errors.js';
+
+/** The launcher options of units/container@.service, in the same order (keep them in sync). */
+export const UNIT_NSPAWN_ARGS = ['--quiet', '--keep-unit', '--boot', '--link-journal=try-guest', '--network-veth', '-U', '--settings=override'] as const;
+
+export const LOG_DIR = '/run/mctl/log';
+
+export function launcherPath(): string {
+  return process.env['MCTL_NSPAWN'] || fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
+}
+
+/**
+ * The unit's options that this launcher supports, by its --help text. --keep-unit is dropped:
+ * without systemd there is no unit to keep. Options the launcher lacks are reported back.
+ */
+export function detachedArgs(helpText: string): { args: string[]; missing: string[] } {
+  const args: string[] = [];
+  const missing: string[] = [];
+  for (const opt of UNIT_NSPAWN_ARGS) {
+    if (opt === '--keep-unit') continue;
+    const name = opt.split('=')[0] as string;
+    const supported = name === '-U' ? /(^|[\s,])-U[\s,]/m.test(helpText) : helpText.includes(name);
+    if (supported) args.push(opt);
+    else missing.push(opt);
+  }
+  return { args, missing };
+}
+
+export interface DetachedStart {
+  pid: number;
+  log: string;
+  missing: string[];
+}
+
+/** Spawn the launcher detached for image `name` at `root`. */
+export function spawnDetached(name: string, root: string, extraEnv: NodeJS.ProcessEnv = {}): DetachedStart {
+  const launcher = launcherPath();
+  const help = spawnSync(launcher, ['--help'], { encoding: 'utf8', timeout: 15_000 });
+  if (help.error || help.status !== 0) {
+    throw new UserError(`cannot run the launcher ${launcher}: ${help.error?.message ?? (help.stderr || '').trim().split('\n')[0] ?? `exit ${help.status}`}`, { hint: 'build it with npm run build, or set MCTL_NSPAWN' });
+  }
+  const { args, missing } = detachedArgs(help.stdout);
+  mkdirSync(LOG_DIR, { recursive: true });
+  const log = `${LOG_DIR}/${name}.log`;
+  const fd = openSync(log, 'w', 0o640);
+  try {
+    const child = spawn(launcher, [...args, `--machine=${name}`, `--directory=${root}`], {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env: { ...process.env, ...extraEnv },
+    });
+    child.unref();
+    if (child.pid === undefined) throw new UserError(`cannot start the launcher ${launcher}`);
+    return { pid: child.pid, log, missing };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1] ?? '').startsWith('Z');
+  } catch {
+    return false;
+  }
+}
+
+export function logTail(log: string): string {
+  try {
+    const lines = readFileSync(log, 'utf8').trim().split('\n').filter((l) => l.length > 0);
+    return lines[lines.length - 1] ?? '';
+  } catch {
+    return '';
+  }
+}
+
+/** Wait until the container's systemd reports its boot finished (running or degraded). */
+export function waitBooted(leader: number, timeoutSec: number): string | undefined {
+  const root = `/proc/${leader}/root`;
+  if (!existsSync(`${root}/run/systemd/system`) && !existsSync(`${root}/usr/bin/systemctl`)) return undefined;
+  const r = spawnSync('nsenter', ['--target', String(leader), '--all', '--', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: timeoutSec * 1000 });
+  return (r.stdout ?? '').trim() || undefined;
+}
