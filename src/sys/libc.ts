@@ -381,3 +381,59 @@ export function openat2(dirfd: number, path: string, flags: number, resolve: num
   const nr = process.arch === 'x64' || process.arch === 'arm64' ? 437 : syscallNumber('openat2');
   return check(lib().syscall(nr, 'int', dirfd, 'const char *', path, 'void *', how, 'size_t', 24), 'openat2', path);
 }
+
+// --- NSS id lookups and extended attributes (user-namespace range checks, UID shifting) ---
+
+interface IdXattrBindings {
+  getpwuid: KoffiFn;
+  getgrgid: KoffiFn;
+  lgetxattr: KoffiFn;
+  lsetxattr: KoffiFn;
+}
+
+let idXattr: IdXattrBindings | undefined;
+
+function idXattrLib(): IdXattrBindings {
+  if (idXattr) return idXattr;
+  const c = lib().koffi.load('libc.so.6');
+  idXattr = {
+    getpwuid: c.func('void *getpwuid(uint32_t uid)'),
+    getgrgid: c.func('void *getgrgid(uint32_t gid)'),
+    lgetxattr: c.func('long lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
+    lsetxattr: c.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
+  };
+  return idXattr;
+}
+
+/** Does NSS know a user with this UID (getpwuid)? */
+export function userIdExists(uid: number): boolean {
+  return idXattrLib().getpwuid(uid >>> 0) !== null;
+}
+
+/** Does NSS know a group with this GID (getgrgid)? */
+export function groupIdExists(gid: number): boolean {
+  return idXattrLib().getgrgid(gid >>> 0) !== null;
+}
+
+const ENODATA = 61;
+
+/** The value of an extended attribute of PATH (not following symlinks), or null if it has none. */
+export function lgetxattr(path: string, name: string): Buffer | null {
+  const b = idXattrLib();
+  let buf = Buffer.alloc(256);
+  for (;;) {
+    const n = Number(b.lgetxattr(path, name, buf, buf.length));
+    if (n >= 0) return buf.subarray(0, n);
+    const errno = lib().koffi.errno();
+    if (errno === ENODATA || errno === 95 /* EOPNOTSUPP */) return null;
+    if (errno === 34 /* ERANGE */ && buf.length < 65536) {
+      buf = Buffer.alloc(buf.length * 4);
+      continue;
+    }
+    throw new SysError('lgetxattr', errno, path, name);
+  }
+}
+
+export function lsetxattr(path: string, name: string, value: Buffer): void {
+  check(idXattrLib().lsetxattr(path, name, value, value.length, 0), 'lsetxattr', path);
+}
