@@ -469,5 +469,6 @@ export async function cleanPool(mode: 'hidden' | 'all'): Promise<CleanedImage[]>
 export async function imageMetadata(name: string): Promise<ImageMetadata> {
   const image = getImage(name);
   if (image.type === 'directory' || image.type === 'subvolume') return readMetadata(image.path);
-  throw new ImageError('not-supported', `reading metadata of ${image.type} image '${name}' is not supported yet`);
+  const { withMountedImage } = await import('./mount.js');
+  return withMountedImage(image.path, (root) => readMetadata(root));
 }
