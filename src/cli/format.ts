@@ -64,8 +64,8 @@ export function formatRelative(usec: bigint | number, nowMs = Date.now()): strin
   sec %= 60;
   if (days) parts.push(days === 1 ? '1 day' : `${days} days`);
   if (hours) parts.push(`${hours}h`);
-  if (mins && !days) parts.push(`${mins}min`);
-  if (!days && !hours) parts.push(`${sec}s`);
+  if (mins) parts.push(`${mins}min`);
+  if (sec) parts.push(`${sec}s`);
   return `${parts.slice(0, 2).join(' ')} ago`;
 }
 
