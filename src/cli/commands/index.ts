@@ -14,4 +14,5 @@ export const commands: CommandModule<any, any>[] = [
   ...interactiveCommands,
   ...fileCommands,
   ...imageCommands,
+  ...(await import('./transfer.js')).transferCommands,
 ];
