@@ -1,7 +1,7 @@
 // The Discoverable Partitions Specification (uapi-group.org/specifications/specs/
 // discoverable_partitions_specification): which GPT partition is what, and where it is mounted.
 import { createHmac } from 'node:crypto';
-import { guidToBytes, type Partition, type PartitionTable } from './gpt.js';
+import type { Partition, PartitionTable } from './gpt.js';
 import { DiskImageError } from './errors.js';
 
 export type Designator = 'root' | 'usr' | 'home' | 'srv' | 'var' | 'tmp' | 'esp' | 'xbootldr';
@@ -83,7 +83,8 @@ export interface Discovery {
  * a v4 UUID (sd_id128_get_machine_app_specific()).
  */
 export function expectedVarUuid(machineId: Buffer): string {
-  const mac = createHmac('sha256', machineId).update(guidToBytes(DPS_TYPE.var)).digest().subarray(0, 16);
+  // sd_id128_t is in string byte order (not the GPT's mixed-endian on-disk form).
+  const mac = createHmac('sha256', machineId).update(Buffer.from(DPS_TYPE.var.replace(/-/g, ''), 'hex')).digest().subarray(0, 16);
   mac[6] = ((mac[6] as number) & 0x0f) | 0x40;
   mac[8] = ((mac[8] as number) & 0x3f) | 0x80;
   const h = mac.toString('hex');
