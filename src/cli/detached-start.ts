@@ -81,10 +81,21 @@ export function logTail(log: string): string {
   }
 }
 
-/** Wait until the container's systemd reports its boot finished (running or degraded). */
+/**
+ * Wait until the container's systemd reports its boot finished (running or degraded).
+ * `is-system-running --wait` says "offline" until PID 1's bus is up, so it is retried.
+ */
 export function waitBooted(leader: number, timeoutSec: number): string | undefined {
   const root = `/proc/${leader}/root`;
-  if (!existsSync(`${root}/run/systemd/system`) && !existsSync(`${root}/usr/bin/systemctl`)) return undefined;
-  const r = spawnSync('nsenter', ['--target', String(leader), '--all', '--', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: timeoutSec * 1000 });
-  return (r.stdout ?? '').trim() || undefined;
+  if (!existsSync(`${root}/usr/bin/systemctl`) && !existsSync(`${root}/bin/systemctl`)) return undefined;
+  const deadline = Date.now() + timeoutSec * 1000;
+  let said = '';
+  while (Date.now() < deadline) {
+    const r = spawnSync('nsenter', ['--target', String(leader), '--all', '--', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: Math.max(1000, deadline - Date.now()) });
+    said = (r.stdout ?? '').trim();
+    if (['running', 'degraded', 'maintenance', 'stopping'].includes(said)) return said;
+    if (!existsSync(`/proc/${leader}`)) return 'gone';
+    spawnSync('sleep', ['0.05']);
+  }
+  return said || 'timeout';
 }
