@@ -1,0 +1,137 @@
+// --image=FILE|/dev/BLOCK for mctl-nspawn: turn a disk image into a root directory the launcher
+// boots like any other, and make sure nothing of it outlives the container on the host.
+//
+// Life cycle:
+//  1. lock the image (exclusive; shared when it is used read-only), as systemd-nspawn does;
+//  2. dissect + mount it under a private staging tmpfs in the host's mount namespace
+//     (src/image/mount.ts); partitions are loop devices with autoclear;
+//  3. launch with spec.root = the staging root; the container's mount namespace copies the
+//     staging tree (the runtime rbinds the root), so in the afterNamespaces hook the host-side
+//     tree is lazily detached: from then on the mounts live only in the container's namespace,
+//     and the loop devices detach themselves when that namespace dies;
+//  4. on a failed start the onAbort hook (and release() in any case) unmounts everything.
+//
+// --ephemeral: the image is attached read-only and every partition gets an overlay with a tmpfs
+// upper inside the container's namespace (root through spec.rootLayer = 'overlay', the others
+// as overlay mount ops), so writes vanish at exit and the image file is never copied.
+import { basename } from 'node:path';
+import { statSync } from 'node:fs';
+import { cleanupHostname } from '../common/names.js';
+import { UserError } from '../common/errors.js';
+import { findImage, lockImage, type ImageLock } from '../image/store.js';
+import { mountImage, imageWritable, type MountedImage } from '../image/mount.js';
+import type { LaunchHooks } from './launch.js';
+import type { MountOp } from './spec.js';
+
+export interface ImageRootOptions {
+  /** --read-only */
+  readOnly: boolean;
+  /** -x/--ephemeral */
+  ephemeral: boolean;
+}
+
+export interface ImageRoot {
+  /** spec.root */
+  root: string;
+  /** spec.readOnlyRoot: --read-only, or an image we cannot write (file mode, squashfs, GPT flag). */
+  readOnly: boolean;
+  /** spec.rootLayer: 'overlay' for --ephemeral, else 'plain'. */
+  rootLayer: 'plain' | 'overlay';
+  /** Mount ops to put FIRST in spec.mounts (ephemeral overlays of the non-root partitions). */
+  mounts: MountOp[];
+  /** What was mounted (for -q-less status output and tests). */
+  image: MountedImage;
+  /** The image lock; its fds must stay open in the process that supervises the container. */
+  lock: ImageLock;
+  /** Lazily detach the host-side mounts (once the container's namespace holds its copy). */
+  detachHost(): void;
+  /** Undo everything: host mounts, staging directory, lock. Idempotent. */
+  release(): void;
+}
+
+/** Default machine name of an image: its file name without ".raw", cleaned up (as nspawn). */
+export function imageMachineName(path: string): string {
+  const name = cleanupHostname(basename(path).replace(/\.raw$/, ''));
+  if (!name) throw new UserError(`cannot derive a machine name from ${path}`, { hint: 'use --machine=NAME' });
+  return name;
+}
+
+export type MachineRoot = { kind: 'directory'; path: string; readOnly: boolean } | { kind: 'image'; path: string; readOnly: boolean };
+
+/**
+ * nspawn's root for `-M NAME` without -D/-i: the pool image NAME — a directory/subvolume
+ * (-D) or NAME.raw / a block device (-i); a read-only image implies --read-only.
+ * Undefined when there is no such image.
+ */
+export function resolveMachineImage(name: string): MachineRoot | undefined {
+  const image = findImage(name);
+  if (!image || image.name === '.host') return undefined;
+  if (image.type === 'raw' || image.type === 'block') return { kind: 'image', path: image.path, readOnly: image.readOnly };
+  return { kind: 'directory', path: image.path, readOnly: image.readOnly };
+}
+
+function checkImagePath(path: string): void {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new UserError(`image ${path} cannot be used: ${code === 'ENOENT' ? 'no such file' : code}`);
+  }
+  if (!st.isFile() && !st.isBlockDevice()) throw new UserError(`image ${path} is neither a regular file nor a block device`);
+}
+
+/** Lock, dissect and mount an image for a container. Throws one-line errors, leaving nothing behind. */
+export function prepareImageRoot(path: string, options: ImageRootOptions): ImageRoot {
+  checkImagePath(path);
+  const wantReadOnly = options.readOnly || options.ephemeral || !imageWritable(path);
+  const lock = lockImage(path, { shared: wantReadOnly, what: `image ${path}` });
+  let image: MountedImage;
+  try {
+    image = mountImage(path, { readOnly: wantReadOnly });
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+  const mounts: MountOp[] = [];
+  if (options.ephemeral) {
+    // Submounts are not part of an overlay of the root: give each its own throw-away layer.
+    for (const p of image.mounted) {
+      if (p.designator === 'root') continue;
+      mounts.push({ kind: 'overlay', destination: p.mountPoint, lowerDirs: [p.where], upperDir: null, workDir: null, temporaryUpper: true });
+    }
+  }
+  const rootReadOnly = image.mounted.find((p) => p.designator === 'root')?.readOnly ?? false;
+  let released = false;
+  return {
+    root: image.rootDir,
+    readOnly: options.ephemeral ? options.readOnly : options.readOnly || image.readOnly || rootReadOnly,
+    rootLayer: options.ephemeral ? 'overlay' : 'plain',
+    mounts,
+    image,
+    lock,
+    detachHost: () => image.release(),
+    release() {
+      if (released) return;
+      released = true;
+      image.release();
+      lock.release();
+    },
+  };
+}
+
+/** Launch hooks for an image root: detach host mounts once the namespace exists; undo on abort. */
+export function imageLaunchHooks(root: ImageRoot): LaunchHooks {
+  return {
+    afterNamespaces: [
+      async () => {
+        root.detachHost();
+      },
+    ],
+    onAbort: [
+      async () => {
+        root.release();
+      },
+    ],
+  };
+}
