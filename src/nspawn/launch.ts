@@ -1,5 +1,18 @@
-// launch(spec, hooks): run a ContainerSpec. Implementation follows; this file fixes the hook interface.
-import type { ContainerSpec } from './spec.js';
+// launch(spec, hooks): run a ContainerSpec with the native helper (dist/native/mctl-nsexec).
+//
+// Without hooks this process execve()s straight into `mctl-nsexec run`, which clones the
+// container and stays as its small supervisor: same PID, no Node left per container.
+// With hooks (veth, registration) the helper first clones the container as our own child
+// (`prepare`: CLONE_PARENT) where it waits; we run the hooks with its PID, then execve() into
+// `mctl-nsexec supervise`, which takes the child's socket end over with pidfd_getfd and
+// releases it. Details and measurements: docs/nspawn-internals.md.
+import { spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, readFileSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { UserError } from '../common/errors.js';
+import { capabilityMask } from './capabilities.js';
+import { containerEnvironment, formatUuid, resolveUser, ROOT_USER, type ResolvedUser } from './payload-env.js';
+import { INIT_CANDIDATES, type ContainerSpec } from './spec.js';
 
 /**
  * Called after the container's namespaces exist and (with a user namespace) its uid/gid maps
@@ -14,3 +27,160 @@ export interface LaunchHooks {
 }
 
 export type { ContainerSpec };
+
+/** Where the built helper lives, from dist/nspawn/launch.js or (tests via tsx) src/nspawn/launch.ts. */
+export function helperPath(): string {
+  const candidates = [new URL('../native/mctl-nsexec', import.meta.url), new URL('../../dist/native/mctl-nsexec', import.meta.url)];
+  for (const c of candidates) {
+    const p = fileURLToPath(c);
+    if (existsSync(p)) return p;
+  }
+  throw new UserError('the native helper mctl-nsexec is missing', { hint: 'run npm run build' });
+}
+
+const hex = (n: bigint): string => n.toString(16);
+
+/** The helper's configuration tokens (see native/config.c); pure, so unit tests can read it. */
+export function helperArgs(spec: ContainerSpec, user: ResolvedUser, env: readonly string[]): string[] {
+  const a: string[] = [
+    'root', spec.root,
+    'read-only', spec.readOnlyRoot ? '1' : '0',
+    'root-layer', spec.rootLayer ?? 'plain',
+    'name', spec.machineName,
+    'hostname', spec.hostname,
+    'uuid', formatUuid(spec.uuid),
+    'boot', spec.payload.kind === 'boot' ? '1' : '0',
+    'as-pid2', spec.payload.asPid2 ? '1' : '0',
+    'console', spec.console,
+    'kill-signal', String(spec.killSignal),
+    'private-network', spec.namespaces.privateNetwork ? '1' : '0',
+    'caps', hex(capabilityMask(spec.capabilities.bounding)),
+    'ambient', hex(capabilityMask(spec.capabilities.ambient)),
+    'no-new-privs', spec.noNewPrivileges ? '1' : '0',
+    'seccomp', spec.seccomp ? '1' : '0',
+    'notify-ready', spec.notifyReady ? '1' : '0',
+    'quiet', spec.quiet ? '1' : '0',
+    'cgroup', spec.cgroup ?? '',
+    'uid', String(user.uid),
+    'gid', String(user.gid),
+    'chdir', spec.payload.chdir ?? (spec.payload.kind === 'command' && spec.payload.argv.length === 0 ? user.home : '/'),
+  ];
+  const userns = spec.namespaces.userNamespace;
+  if (userns) a.push('userns', String(userns.uidShift), String(userns.uidRange));
+  for (const g of user.groups) a.push('group', String(g));
+  for (const e of env) a.push('env', e);
+  a.push('host-file', 'container-manager', '644', '755', 't', `${spec.containerManager}\n`);
+  for (const f of spec.hostFiles) {
+    if (f.path.split('/').includes('..') || f.path.startsWith('/')) throw new UserError(`invalid /run/host file name '${f.path}'`);
+    const dirMode = (f.dirMode ?? 0o755).toString(8);
+    // argv cannot carry NUL bytes: binary content travels as hex
+    if (f.encoding === 'base64') a.push('host-file', f.path, f.mode.toString(8), dirMode, 'x', Buffer.from(f.content, 'base64').toString('hex'));
+    else a.push('host-file', f.path, f.mode.toString(8), dirMode, 't', f.content);
+  }
+  for (const m of spec.mounts) {
+    switch (m.kind) {
+      case 'bind':
+        a.push('bind', `${m.readOnly ? 'ro' : 'rw'}${m.recursive ? '' : ',norec'}`, m.source, m.destination);
+        break;
+      case 'tmpfs':
+        a.push('tmpfs', m.destination, m.options);
+        break;
+      case 'overlay':
+        if (m.temporaryUpper) {
+          a.push('overlay-tmp', m.destination, m.lowerDirs.join(':'));
+          break;
+        }
+        a.push('overlay', m.destination, m.lowerDirs.join(':'), m.upperDir ?? '', m.workDir ?? '');
+        break;
+      case 'inaccessible':
+        a.push('inaccessible', m.destination);
+        break;
+    }
+  }
+  a.push('--', ...spec.payload.argv);
+  return a;
+}
+
+function readOptional(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+/** Checks that are cheap here and give a clear line, before anything is created. */
+export function checkSpec(spec: ContainerSpec): void {
+  let st;
+  try {
+    st = statSync(spec.root);
+  } catch {
+    throw new UserError(`directory ${spec.root} does not exist`);
+  }
+  if (!st.isDirectory()) throw new UserError(`${spec.root} is not a directory`);
+  if (spec.payload.kind === 'boot') {
+    const found = INIT_CANDIDATES.some((p) => {
+      try {
+        lstatSync(spec.root + p);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    if (!found) throw new UserError(`no init found in ${spec.root}`, { hint: `looked for ${INIT_CANDIDATES.join(', ')}` });
+  }
+  for (const m of spec.mounts) {
+    if (!m.destination.startsWith('/')) throw new UserError(`mount destination '${m.destination}' is not an absolute path`);
+    if (m.kind === 'bind' && !existsSync(m.source)) throw new UserError(`bind mount source ${m.source} does not exist`);
+  }
+}
+
+/** Everything the helper needs, computed without touching the system (besides reading files). */
+export function prepareHelperArgs(spec: ContainerSpec): string[] {
+  checkSpec(spec);
+  const user =
+    spec.payload.user === null
+      ? ROOT_USER
+      : resolveUser(spec.payload.user, readOptional(`${spec.root}/etc/passwd`), readOptional(`${spec.root}/etc/group`));
+  return helperArgs(spec, user, containerEnvironment(spec, user, process.env['TERM']));
+}
+
+/**
+ * Start the container and become its supervisor. Does not return on success: this process is
+ * replaced by the native supervisor and exits with the container's status.
+ */
+export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Promise<never> {
+  const args = prepareHelperArgs(spec);
+  const helper = helperPath();
+  const { execve } = await import('../sys/libc.js');
+  const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
+  const afterNamespaces = hooks.afterNamespaces ?? [];
+  if (afterNamespaces.length === 0) execve(helper, ['mctl-nsexec', 'run', ...args], env);
+
+  const r = spawnSync(helper, ['prepare', ...args], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
+  if (r.status !== 0) throw new UserError('failed to create the container', { exitCode: 1 });
+  const report = r.output[3]?.toString() ?? '';
+  const m = /^(\d+) (\d+)\n$/.exec(report);
+  if (!m) throw new Error(`unexpected report from mctl-nsexec: '${report}'`);
+  const pid = Number(m[1]);
+  const fd = m[2] ?? '';
+  try {
+    for (const hook of afterNamespaces) await hook(pid);
+  } catch (err) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+    for (const undo of [...(hooks.onAbort ?? [])].reverse()) {
+      try {
+        await undo();
+      } catch {
+        // keep undoing the rest
+      }
+    }
+    throw err;
+  }
+  execve(helper, ['mctl-nsexec', 'supervise', String(pid), fd, ...args], env);
+  throw new Error('unreachable: execve returned');
+}

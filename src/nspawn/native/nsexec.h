@@ -1,0 +1,114 @@
+/* mctl-nsexec: the native half of mctl-nspawn. Shared declarations.
+ *
+ * Why native: no JavaScript can run in a forked child and unshare(CLONE_NEWUSER) fails in a
+ * multithreaded process, so the clone of the container and everything the child does before
+ * exec'ing the payload is C. The same binary later becomes the container's small supervisor
+ * (no Node process stays alive per container). See docs/nspawn-internals.md. */
+#ifndef MCTL_NSEXEC_H
+#define MCTL_NSEXEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum console_mode { CONSOLE_INTERACTIVE, CONSOLE_READ_ONLY, CONSOLE_PASSIVE, CONSOLE_PIPE };
+
+enum mount_kind { MOUNT_BIND, MOUNT_TMPFS, MOUNT_OVERLAY, MOUNT_INACCESSIBLE };
+
+struct mount_op {
+	enum mount_kind kind;
+	const char *source;      /* bind: host path; overlay: lowerdir list ("a:b") */
+	const char *destination; /* path inside the container */
+	const char *options;     /* tmpfs options; overlay: upperdir ("" = none) */
+	const char *extra;       /* overlay: workdir */
+	bool read_only;
+	bool recursive;
+	bool temporary_upper; /* overlay: upper + work on a fresh tmpfs that dies with the namespace */
+};
+
+struct host_file {
+	const char *path; /* relative to /run/host */
+	const char *content; /* text, or hex digits when hex */
+	unsigned mode;
+	unsigned dir_mode;
+	bool hex;
+};
+
+enum root_layer { ROOT_PLAIN, ROOT_OVERLAY, ROOT_VOLATILE };
+
+#define MAX_ITEMS 256
+
+struct config {
+	const char *root;
+	bool read_only_root;
+	enum root_layer root_layer;
+	const char *name;
+	const char *hostname;
+	const char *uuid;
+	bool boot;
+	bool as_pid2;
+	enum console_mode console;
+	int kill_signal;
+	bool private_network;
+	bool userns;
+	unsigned long uid_shift, uid_range;
+	uint64_t caps_keep;
+	uint64_t caps_ambient;
+	bool no_new_privs;
+	bool seccomp;
+	bool notify_ready;
+	bool quiet;
+	const char *cgroup; /* "" = create a fresh sub-cgroup of ours */
+	uid_t uid;
+	gid_t gid;
+	gid_t groups[64];
+	size_t n_groups;
+	const char *chdir;
+	const char *env[MAX_ITEMS];
+	size_t n_env;
+	struct mount_op mounts[MAX_ITEMS];
+	size_t n_mounts;
+	struct host_file host_files[64];
+	size_t n_host_files;
+	char *const *argv; /* payload argv (NULL-terminated); may be empty */
+	size_t argc;
+};
+
+/* Messages on the socketpair between supervisor and container child. */
+#define MSG_GO 'G'     /* supervisor -> child: maps, cgroups and hooks are done */
+#define MSG_READY 'R'  /* child -> supervisor: setup done, fds attached (pty master, notify socket) */
+#define MSG_ERROR 'E'  /* child -> supervisor: one-line error text follows */
+
+/* config.c */
+int config_parse(struct config *c, int argc, char **argv);
+
+/* util.c */
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int write_file(const char *path, const char *content);
+int mkdir_p(const char *path, mode_t mode);
+int send_fds(int sock, char tag, const char *text, const int *fds, size_t n_fds);
+ssize_t recv_fds(int sock, char *buf, size_t len, int *fds, size_t *n_fds);
+const char *signal_name(int sig);
+
+/* child.c: runs in the cloned container child; never returns. */
+extern int child_report_fd; /* prepare mode: the launcher's report pipe, not the container's business */
+extern int child_parent_end; /* the supervisor's socket end, closed by the child after GO */
+void child_main(const struct config *c, int sock) __attribute__((noreturn));
+
+/* cgroup.c */
+int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2);
+void cgroup_remove(const char *unified_path, const char *systemd_path);
+int cgroup_mount_inside(const char *root, bool userns);
+
+/* seccomp.c */
+int seccomp_install_default(void);
+
+/* supervisor.c */
+int supervise(const struct config *c, pid_t leader, int sock) __attribute__((noreturn));
+
+/* stub-init.c */
+void stub_init_run(pid_t payload) __attribute__((noreturn));
+
+#endif

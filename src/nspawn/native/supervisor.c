@@ -1,0 +1,326 @@
+/* The supervisor: the container's parent for its whole life, and all that stays on the host
+ * per container (a few hundred KiB, no Node). It places the cgroup, releases the child, relays
+ * the console pty, passes sd_notify READY=1 on, turns SIGTERM/SIGINT into the kill signal and
+ * exits with the payload's status (a reboot of the guest becomes 133, as with nspawn). */
+#define _GNU_SOURCE
+#include "nsexec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct termios saved_termios;
+static bool termios_saved;
+static char cg_unified[4096], cg_systemd[4096];
+
+static void restore_terminal(void)
+{
+	if (termios_saved)
+		tcsetattr(0, TCSADRAIN, &saved_termios);
+	termios_saved = false;
+}
+
+static void copy_winsize(int master)
+{
+	struct winsize ws;
+	if (master >= 0 && ioctl(1, TIOCGWINSZ, &ws) == 0)
+		ioctl(master, TIOCSWINSZ, &ws);
+}
+
+/* sd_notify to our own manager ($NOTIFY_SOCKET), e.g. for a Type=notify unit. */
+static void notify_manager(const char *text)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	if (!path || !*path)
+		return;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t len = strlen(path);
+	if (len >= sizeof(sa.sun_path))
+		return;
+	memcpy(sa.sun_path, path, len);
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0';
+	int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return;
+	sendto(s, text, strlen(text), MSG_NOSIGNAL, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len));
+	close(s);
+}
+
+static void write_all(int fd, const char *buf, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, buf, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				struct pollfd p = { .fd = fd, .events = POLLOUT };
+				poll(&p, 1, 100);
+				continue;
+			}
+			return;
+		}
+		buf += w;
+		n -= (size_t)w;
+	}
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void finish(const struct config *c, int status, bool setup_failed, bool killed_by_escape) __attribute__((noreturn));
+static void finish(const struct config *c, int status, bool setup_failed, bool killed_by_escape)
+{
+	restore_terminal();
+	cgroup_remove(cg_unified, cg_systemd);
+	if (setup_failed)
+		_exit(1);
+	if (killed_by_escape) {
+		if (!c->quiet)
+			dprintf(2, "\nContainer %s terminated by signal KILL.\n", c->name);
+		_exit(1);
+	}
+	if (WIFEXITED(status)) {
+		int code = WEXITSTATUS(status);
+		if (!c->quiet) {
+			if (code == 0)
+				dprintf(2, "Container %s exited successfully.\n", c->name);
+			else
+				dprintf(2, "Container %s failed with error code %d.\n", c->name, code);
+		}
+		_exit(code);
+	}
+	int sig = WTERMSIG(status);
+	if (sig == SIGHUP) {
+		/* the kernel kills a PID namespace's init with SIGHUP when it calls reboot() */
+		if (!c->quiet)
+			dprintf(2, "Container %s is being rebooted.\n", c->name);
+		_exit(133);
+	}
+	if (sig == SIGINT) {
+		/* ... and with SIGINT on halt/poweroff */
+		if (!c->quiet)
+			dprintf(2, "Container %s has been shut down.\n", c->name);
+		_exit(0);
+	}
+	if (!c->quiet)
+		dprintf(2, "Container %s terminated by signal %s.\n", c->name, signal_name(sig));
+	_exit(1);
+}
+
+int supervise(const struct config *c, pid_t leader, int sock)
+{
+	sigset_t mask;
+	sigemptyset(&mask);
+	int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGWINCH, SIGQUIT };
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaddset(&mask, sigs[i]);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		kill(leader, SIGKILL);
+		die("signalfd: %s", strerror(errno));
+	}
+
+	if (cgroup_place(c, leader, cg_unified, sizeof(cg_unified), cg_systemd, sizeof(cg_systemd)) < 0) {
+		int saved = errno;
+		kill(leader, SIGKILL);
+		waitpid(leader, NULL, 0);
+		cgroup_remove(cg_unified, cg_systemd);
+		die("failed to set up the container's cgroup: %s", strerror(saved));
+	}
+	char go = MSG_GO;
+	if (send(sock, &go, 1, MSG_NOSIGNAL) != 1) {
+		kill(leader, SIGKILL);
+		waitpid(leader, NULL, 0);
+		cgroup_remove(cg_unified, cg_systemd);
+		die("the container process died before it could start");
+	}
+
+	int master = -1, slave = -1, notify = -1;
+	bool setup_failed = false, ready = false, escaped = false;
+	bool stdin_open = c->console == CONSOLE_INTERACTIVE;
+	bool output = c->console == CONSOLE_INTERACTIVE || c->console == CONSOLE_READ_ONLY;
+	int kill_requests = 0;
+	int escapes = 0;
+	long long first_escape = 0;
+	int status = 0;
+	bool exited = false;
+
+	while (!exited) {
+		struct pollfd p[5];
+		int n = 0;
+		int i_sig = n; p[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+		int i_sock = -1, i_master = -1, i_stdin = -1, i_notify = -1;
+		if (sock >= 0) { i_sock = n; p[n++] = (struct pollfd){ .fd = sock, .events = POLLIN }; }
+		if (master >= 0) { i_master = n; p[n++] = (struct pollfd){ .fd = master, .events = POLLIN }; }
+		if (master >= 0 && stdin_open) { i_stdin = n; p[n++] = (struct pollfd){ .fd = 0, .events = POLLIN }; }
+		if (notify >= 0) { i_notify = n; p[n++] = (struct pollfd){ .fd = notify, .events = POLLIN }; }
+		if (poll(p, (nfds_t)n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (i_sock >= 0 && p[i_sock].revents) {
+			char buf[1100];
+			int fds[4];
+			size_t nf = 0;
+			ssize_t r = recv_fds(sock, buf, sizeof(buf) - 1, fds, &nf);
+			if (r <= 0) {
+				close(sock);
+				sock = -1;
+			} else if (buf[0] == MSG_READY) {
+				size_t k = 0;
+				if (c->console != CONSOLE_PIPE && nf >= 3) {
+					master = fds[k++];
+					slave = fds[k++];
+				}
+				if (k < nf)
+					notify = fds[k++];
+				ready = true;
+				if (master >= 0) {
+					fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+					copy_winsize(master);
+				}
+				if (c->console == CONSOLE_INTERACTIVE && isatty(0) && tcgetattr(0, &saved_termios) == 0) {
+					termios_saved = true;
+					struct termios raw = saved_termios;
+					cfmakeraw(&raw);
+					raw.c_oflag = saved_termios.c_oflag; /* keep output post-processing like nspawn */
+					tcsetattr(0, TCSANOW, &raw);
+				}
+				if (!c->notify_ready) {
+					char msg[128];
+					snprintf(msg, sizeof(msg), "READY=1\nSTATUS=Container running.\nX_NSPAWN_LEADER_PID=%d", (int)leader);
+					notify_manager(msg);
+				}
+			} else if (buf[0] == MSG_ERROR) {
+				buf[r] = '\0';
+				dprintf(2, "mctl-nspawn: %s\n", buf + 1);
+				setup_failed = true;
+			}
+		}
+		if (i_master >= 0 && p[i_master].revents) {
+			char buf[4096];
+			ssize_t r = read(master, buf, sizeof(buf));
+			if (r > 0 && output)
+				write_all(1, buf, (size_t)r);
+		}
+		if (i_stdin >= 0 && p[i_stdin].revents) {
+			char buf[1024];
+			ssize_t r = read(0, buf, sizeof(buf));
+			if (r <= 0) {
+				stdin_open = false;
+			} else {
+				for (ssize_t j = 0; j < r; j++) {
+					if (buf[j] != 0x1d) {
+						escapes = 0;
+						continue;
+					}
+					long long t = now_ms();
+					if (escapes == 0 || t - first_escape > 1000) {
+						escapes = 0;
+						first_escape = t;
+					}
+					if (++escapes >= 3) {
+						escaped = true;
+						kill(leader, SIGKILL);
+					}
+				}
+				if (!escaped)
+					write_all(master, buf, (size_t)r);
+			}
+		}
+		if (i_notify >= 0 && p[i_notify].revents) {
+			char buf[4096];
+			ssize_t r = recv(notify, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+			if (r > 0) {
+				buf[r] = '\0';
+				bool is_ready = strncmp(buf, "READY=1", 7) == 0 || strstr(buf, "\nREADY=1") != NULL;
+				if (is_ready && c->notify_ready) {
+					char msg[128];
+					snprintf(msg, sizeof(msg), "READY=1\nSTATUS=Container running.\nX_NSPAWN_LEADER_PID=%d", (int)leader);
+					notify_manager(msg);
+				}
+			}
+		}
+		if (p[i_sig].revents) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+				switch (si.ssi_signo) {
+				case SIGCHLD:
+					for (;;) {
+						int st;
+						pid_t w = waitpid(-1, &st, WNOHANG);
+						if (w <= 0)
+							break;
+						if (w == leader) {
+							status = st;
+							exited = true;
+						}
+					}
+					break;
+				case SIGWINCH:
+					copy_winsize(master);
+					break;
+				case SIGTERM:
+				case SIGINT:
+				case SIGHUP:
+				case SIGQUIT:
+					/* first request: ask nicely with the kill signal; a second one: SIGKILL */
+					if (!ready || kill_requests++ > 0)
+						kill(leader, SIGKILL);
+					else {
+						if (!c->quiet && c->kill_signal != SIGKILL)
+							dprintf(2, "Trying to halt container %s. Send SIGTERM again to trigger immediate termination.\n", c->name);
+						kill(leader, c->kill_signal);
+					}
+					break;
+				}
+			}
+		}
+	}
+	/* what the payload printed last is still in the pty */
+	if (master >= 0 && output) {
+		char buf[4096];
+		ssize_t r;
+		while ((r = read(master, buf, sizeof(buf))) > 0)
+			write_all(1, buf, (size_t)r);
+	}
+	if (sock >= 0) {
+		/* an error the child sent right before dying */
+		char buf[1100];
+		int fds[4];
+		size_t nf = 0;
+		ssize_t r;
+		while ((r = recv_fds(sock, buf, sizeof(buf) - 1, fds, &nf)) > 0) {
+			for (size_t k = 0; k < nf; k++)
+				close(fds[k]);
+			if (buf[0] == MSG_ERROR) {
+				buf[r] = '\0';
+				dprintf(2, "mctl-nspawn: %s\n", buf + 1);
+				setup_failed = true;
+			}
+			fcntl(sock, F_SETFL, O_NONBLOCK);
+		}
+	}
+	(void)slave;
+	finish(c, status, setup_failed, escaped);
+}
