@@ -1,0 +1,220 @@
+// The launcher's network and user-namespace options: parsing (command line and .nspawn
+// [Network]/PrivateUsers keys), nspawn's conflict rules, and the hooks that set the network up
+// once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
+// src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
+import { UserError } from '../common/errors.js';
+import { isValidIfname, isValidZoneName, parsePortForward, assertNoDuplicatePorts, setupMachineNetwork, collect, type PortForward, type VethExtra, type MachineNetwork } from '../net/index.js';
+import { parsePrivateUsers, parseOwnership, type PrivateUsers, type Ownership } from './userns.js';
+
+/** Network settings as given (undefined = not given, for the .nspawn merge: nspawn treats them as one group). */
+export interface NetworkSettings {
+  privateNetwork?: boolean;
+  veth?: boolean;
+  vethExtra?: VethExtra[];
+  bridge?: string;
+  zone?: string;
+  interfaces?: string[];
+  macvlan?: string[];
+  ipvlan?: string[];
+  namespacePath?: string;
+  ports?: PortForward[];
+  /** mctl's own addresses/routes/NAT for veth and zone links (default on). */
+  auto?: boolean;
+}
+
+export interface UsernsSettings {
+  privateUsers?: PrivateUsers;
+  ownership?: Ownership;
+}
+
+function parseBool(v: string, what: string): boolean {
+  if (['yes', 'true', 'on', '1', 'y', 't'].includes(v)) return true;
+  if (['no', 'false', 'off', '0', 'n', 'f'].includes(v)) return false;
+  throw new UserError(`invalid ${what} '${v}'`, { hint: 'expected yes or no' });
+}
+
+function ifname(v: string, what: string): string {
+  if (!isValidIfname(v)) throw new UserError(`invalid interface name '${v}' for ${what}`);
+  return v;
+}
+
+export function parseVethExtra(v: string): VethExtra {
+  const [host, container, ...rest] = v.split(':');
+  if (!host || rest.length) throw new UserError(`invalid --network-veth-extra '${v}'`, { hint: 'expected HOSTIF[:CONTAINERIF]' });
+  return { host: ifname(host, '--network-veth-extra'), container: ifname(container || host, '--network-veth-extra') };
+}
+
+const add = <T>(cur: T[] | undefined, v: T): T[] => [...(cur ?? []), v];
+
+export interface NetOptionDef {
+  long: string;
+  short?: string;
+  arg: 'none' | 'required' | 'optional';
+  apply(net: NetworkSettings, users: UsernsSettings, value: string | undefined): void;
+}
+
+/** Option definitions for the launcher's parser (options.ts maps them onto its own table). */
+export const NETWORK_OPTIONS: NetOptionDef[] = [
+  { long: 'private-network', arg: 'none', apply: (n) => void (n.privateNetwork = true) },
+  { long: 'network-veth', short: 'n', arg: 'none', apply: (n) => void (n.veth = true) },
+  { long: 'network-veth-extra', arg: 'required', apply: (n, _u, v) => void (n.vethExtra = add(n.vethExtra, parseVethExtra(v ?? ''))) },
+  { long: 'network-bridge', arg: 'required', apply: (n, _u, v) => void (n.bridge = ifname(v ?? '', '--network-bridge')) },
+  {
+    long: 'network-zone',
+    arg: 'required',
+    apply: (n, _u, v) => {
+      if (!v || !isValidZoneName(v) || !isValidIfname(`vz-${v}`.slice(0, 15))) throw new UserError(`invalid network zone name '${v ?? ''}'`);
+      n.zone = v;
+    },
+  },
+  { long: 'network-interface', arg: 'required', apply: (n, _u, v) => void (n.interfaces = add(n.interfaces, ifname(v ?? '', '--network-interface'))) },
+  { long: 'network-macvlan', arg: 'required', apply: (n, _u, v) => void (n.macvlan = add(n.macvlan, ifname(v ?? '', '--network-macvlan'))) },
+  { long: 'network-ipvlan', arg: 'required', apply: (n, _u, v) => void (n.ipvlan = add(n.ipvlan, ifname(v ?? '', '--network-ipvlan'))) },
+  {
+    long: 'network-namespace-path',
+    arg: 'required',
+    apply: (n, _u, v) => {
+      if (!v || !v.startsWith('/')) throw new UserError(`invalid --network-namespace-path '${v ?? ''}': not an absolute path`);
+      n.namespacePath = v;
+    },
+  },
+  { long: 'port', short: 'p', arg: 'required', apply: (n, _u, v) => void (n.ports = add(n.ports, parsePortForward(v ?? ''))) },
+  { long: 'network-auto', arg: 'required', apply: (n, _u, v) => void (n.auto = parseBool(v ?? '', '--network-auto')) },
+  { long: 'private-users', arg: 'optional', apply: (_n, u, v) => void (u.privateUsers = parsePrivateUsers(v ?? 'yes')) },
+  { long: 'private-users-ownership', arg: 'required', apply: (_n, u, v) => void (u.ownership = parseOwnership(v ?? '')) },
+  // Older spelling kept by nspawn: --private-users-chown = ownership chown.
+  { long: 'private-users-chown', arg: 'none', apply: (_n, u) => void (u.ownership = 'chown') },
+  {
+    long: '', // -U has no long form in nspawn
+    short: 'U',
+    arg: 'none',
+    apply: (_n, u) => {
+      u.privateUsers = { mode: 'pick' };
+      u.ownership = 'auto';
+    },
+  },
+];
+
+export const NETWORK_HELP = `
+Networking:
+     --private-network      Disable network in container (only lo)
+     --network-interface=INTERFACE
+                            Move an existing network interface into the container
+     --network-macvlan=INTERFACE
+                            Create a macvlan interface (mv-INTERFACE) based on INTERFACE
+     --network-ipvlan=INTERFACE
+                            Create an ipvlan interface (iv-INTERFACE) based on INTERFACE
+  -n --network-veth         Add a virtual Ethernet link: ve-NAME on the host, host0 inside
+     --network-veth-extra=HOSTIF[:CONTAINERIF]
+                            Add an additional virtual Ethernet link
+     --network-bridge=BRIDGE
+                            Add the veth (vb-NAME) to an existing bridge
+     --network-zone=NAME    Join the zone bridge vz-NAME (created on demand, removed with its last member)
+     --network-namespace-path=PATH
+                            Run in the network namespace at PATH
+  -p --port=[tcp|udp:]HOST[:CONTAINER]
+                            Forward a host port to the container (IPv4 and IPv6, also from 127.0.0.1)
+     --network-auto=BOOL    Give veth/zone containers addresses, default routes, NAT and a
+                            resolv.conf (default yes; say no when systemd-networkd does it)
+
+User namespacing:
+     --private-users=no|yes|pick|identity|UID[:COUNT]
+                            Run in a user namespace (pick = allocate a free 64K range)
+     --private-users-ownership=off|chown|map|auto
+                            Adjust file ownership to the range (map = idmapped mount)
+  -U                        Equivalent to --private-users=pick --private-users-ownership=auto
+`;
+
+/** A network setting group with every field resolved. */
+export interface NetworkPlan {
+  privateNetwork: boolean;
+  veth: boolean;
+  vethExtra: VethExtra[];
+  bridge: string | null;
+  zone: string | null;
+  interfaces: string[];
+  macvlan: string[];
+  ipvlan: string[];
+  namespacePath: string | null;
+  ports: PortForward[];
+  auto: boolean;
+}
+
+/** Apply nspawn's implications and refuse its conflicting combinations. */
+export function resolveNetwork(s: NetworkSettings = {}): NetworkPlan {
+  const p: NetworkPlan = {
+    privateNetwork: s.privateNetwork ?? false,
+    veth: s.veth ?? false,
+    vethExtra: s.vethExtra ?? [],
+    bridge: s.bridge ?? null,
+    zone: s.zone ?? null,
+    interfaces: s.interfaces ?? [],
+    macvlan: s.macvlan ?? [],
+    ipvlan: s.ipvlan ?? [],
+    namespacePath: s.namespacePath ?? null,
+    ports: s.ports ?? [],
+    auto: s.auto ?? true,
+  };
+  if (p.bridge && p.zone) throw new UserError('--network-bridge= and --network-zone= may not be combined');
+  if (p.bridge || p.zone) p.veth = true;
+  const others = p.veth || p.vethExtra.length > 0 || p.interfaces.length > 0 || p.macvlan.length > 0 || p.ipvlan.length > 0;
+  if (p.namespacePath && (others || p.ports.length > 0)) {
+    throw new UserError('--network-namespace-path= may not be combined with other network options (except --private-network)');
+  }
+  if (others || p.namespacePath) p.privateNetwork = true;
+  if (p.ports.length > 0 && !p.privateNetwork) throw new UserError('--port= needs private networking (e.g. --network-veth)');
+  if (p.ports.length > 0 && !(p.veth && p.auto && !p.bridge)) {
+    throw new UserError('--port= needs a veth or zone link with automatic addressing', { hint: 'use --network-veth or --network-zone, without --network-auto=no' });
+  }
+  assertNoDuplicatePorts(p.ports);
+  if (new Set(p.interfaces).size !== p.interfaces.length) throw new UserError('--network-interface: an interface was given twice');
+  return p;
+}
+
+/** Whether the plan needs anything done from the host once the namespaces exist. */
+export function needsHostSetup(p: NetworkPlan): boolean {
+  return p.veth || p.vethExtra.length > 0 || p.interfaces.length > 0 || p.macvlan.length > 0 || p.ipvlan.length > 0;
+}
+
+export interface NetworkRuntime {
+  /** For LaunchHooks.afterNamespaces. */
+  afterNamespaces(leaderPid: number): Promise<void>;
+  /** For LaunchHooks.onAbort and for the normal stop: undo everything (idempotent). */
+  teardown(): Promise<void>;
+  /** The machine lock fd once set up (must stay open in the resident process), else null. */
+  lockFd(): number | null;
+  /** What was set up (addresses for registration / status), once afterNamespaces ran. */
+  network(): MachineNetwork | null;
+}
+
+export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRuntime {
+  let net: MachineNetwork | null = null;
+  return {
+    async afterNamespaces(leaderPid: number) {
+      if (!needsHostSetup(plan)) return;
+      net = await setupMachineNetwork({
+        machine,
+        leaderPid,
+        veth: plan.veth,
+        vethExtra: plan.vethExtra,
+        bridge: plan.bridge,
+        zone: plan.zone,
+        interfaces: plan.interfaces,
+        macvlan: plan.macvlan,
+        ipvlan: plan.ipvlan,
+        ports: plan.ports,
+        auto: plan.auto,
+      });
+    },
+    async teardown() {
+      const n = net;
+      net = null;
+      if (n) await n.teardown();
+    },
+    lockFd: () => (net ? net.lock.fd : null),
+    network: () => net,
+  };
+}
+
+/** For the service: remove what a killed launcher of MACHINE left behind. */
+export { collect as collectMachineNetwork };
