@@ -1,0 +1,162 @@
+// The org.freedesktop.machine1 interfaces (systemd v252 surface), with systemd's argument names.
+// One source for both dispatch (signatures) and introspection (dbus-interfaces/*.xml).
+import type { Arg, InterfaceSpec, MethodSpec } from './bus-objects.js';
+
+const a = (name: string, type: string): Arg => ({ name, type });
+const m = (name: string, inArgs: Arg[], outArgs: Arg[], privileged = false): MethodSpec => ({ name, in: inArgs, out: outArgs, ...(privileged ? { privileged } : {}) });
+
+const NAME = a('name', 's');
+const PTY_OUT = [a('pty', 'h'), a('pty_path', 's')];
+
+export const MANAGER_INTERFACE: InterfaceSpec = {
+  name: 'org.freedesktop.machine1.Manager',
+  methods: [
+    m('GetMachine', [NAME], [a('machine', 'o')]),
+    m('GetImage', [NAME], [a('image', 'o')]),
+    m('GetMachineByPID', [a('pid', 'u')], [a('machine', 'o')]),
+    m('ListMachines', [], [a('machines', 'a(ssso)')]),
+    m('ListImages', [], [a('images', 'a(ssbttto)')]),
+    m('CreateMachine', [NAME, a('id', 'ay'), a('service', 's'), a('class', 's'), a('leader', 'u'), a('root_directory', 's'), a('scope_properties', 'a(sv)')], [a('path', 'o')], true),
+    m(
+      'CreateMachineWithNetwork',
+      [NAME, a('id', 'ay'), a('service', 's'), a('class', 's'), a('leader', 'u'), a('root_directory', 's'), a('ifindices', 'ai'), a('scope_properties', 'a(sv)')],
+      [a('path', 'o')],
+      true,
+    ),
+    m('RegisterMachine', [NAME, a('id', 'ay'), a('service', 's'), a('class', 's'), a('leader', 'u'), a('root_directory', 's')], [a('path', 'o')], true),
+    m(
+      'RegisterMachineWithNetwork',
+      [NAME, a('id', 'ay'), a('service', 's'), a('class', 's'), a('leader', 'u'), a('root_directory', 's'), a('ifindices', 'ai')],
+      [a('path', 'o')],
+      true,
+    ),
+    m('UnregisterMachine', [NAME], []),
+    m('TerminateMachine', [a('id', 's')], []),
+    m('KillMachine', [NAME, a('who', 's'), a('signal', 'i')], []),
+    m('GetMachineAddresses', [NAME], [a('addresses', 'a(iay)')]),
+    m('GetMachineOSRelease', [NAME], [a('fields', 'a{ss}')]),
+    m('OpenMachinePTY', [NAME], PTY_OUT, true),
+    m('OpenMachineLogin', [NAME], PTY_OUT),
+    m('OpenMachineShell', [NAME, a('user', 's'), a('path', 's'), a('args', 'as'), a('environment', 'as')], PTY_OUT),
+    m('BindMountMachine', [NAME, a('source', 's'), a('destination', 's'), a('read_only', 'b'), a('mkdir', 'b')], []),
+    m('CopyFromMachine', [NAME, a('source', 's'), a('destination', 's')], []),
+    m('CopyToMachine', [NAME, a('source', 's'), a('destination', 's')], []),
+    m('CopyFromMachineWithFlags', [NAME, a('source', 's'), a('destination', 's'), a('flags', 't')], []),
+    m('CopyToMachineWithFlags', [NAME, a('source', 's'), a('destination', 's'), a('flags', 't')], []),
+    m('OpenMachineRootDirectory', [NAME], [a('fd', 'h')]),
+    m('GetMachineUIDShift', [NAME], [a('shift', 'u')]),
+    m('RemoveImage', [NAME], []),
+    m('RenameImage', [NAME, a('new_name', 's')], []),
+    m('CloneImage', [NAME, a('new_name', 's'), a('read_only', 'b')], []),
+    m('MarkImageReadOnly', [NAME, a('read_only', 'b')], []),
+    m('GetImageHostname', [NAME], [a('hostname', 's')]),
+    m('GetImageMachineID', [NAME], [a('id', 'ay')]),
+    m('GetImageMachineInfo', [NAME], [a('machine_info', 'a{ss}')]),
+    m('GetImageOSRelease', [NAME], [a('os_release', 'a{ss}')]),
+    m('SetPoolLimit', [a('size', 't')], []),
+    m('SetImageLimit', [NAME, a('size', 't')], []),
+    m('CleanPool', [a('mode', 's')], [a('images', 'a(st)')]),
+    m('MapFromMachineUser', [NAME, a('uid_inner', 'u')], [a('uid_outer', 'u')]),
+    m('MapToMachineUser', [a('uid_outer', 'u')], [a('machine_name', 's'), a('machine_path', 'o'), a('uid_inner', 'u')]),
+    m('MapFromMachineGroup', [NAME, a('gid_inner', 'u')], [a('gid_outer', 'u')]),
+    m('MapToMachineGroup', [a('gid_outer', 'u')], [a('machine_name', 's'), a('machine_path', 'o'), a('gid_inner', 'u')]),
+  ],
+  signals: [
+    { name: 'MachineNew', args: [a('machine', 's'), a('path', 'o')] },
+    { name: 'MachineRemoved', args: [a('machine', 's'), a('path', 'o')] },
+  ],
+  properties: [
+    { name: 'PoolPath', type: 's', emits: 'false' },
+    { name: 'PoolUsage', type: 't', emits: 'false' },
+    { name: 'PoolLimit', type: 't', emits: 'false' },
+  ],
+};
+
+export const MACHINE_INTERFACE: InterfaceSpec = {
+  name: 'org.freedesktop.machine1.Machine',
+  methods: [
+    m('Terminate', [], []),
+    m('Kill', [a('who', 's'), a('signal', 'i')], []),
+    m('GetAddresses', [], [a('addresses', 'a(iay)')]),
+    m('GetOSRelease', [], [a('fields', 'a{ss}')]),
+    m('GetUIDShift', [], [a('shift', 'u')]),
+    m('OpenPTY', [], PTY_OUT),
+    m('OpenLogin', [], PTY_OUT),
+    m('OpenShell', [a('user', 's'), a('path', 's'), a('args', 'as'), a('environment', 'as')], PTY_OUT),
+    m('BindMount', [a('source', 's'), a('destination', 's'), a('read_only', 'b'), a('mkdir', 'b')], []),
+    m('CopyFrom', [a('source', 's'), a('destination', 's')], []),
+    m('CopyTo', [a('source', 's'), a('destination', 's')], []),
+    m('CopyFromWithFlags', [a('source', 's'), a('destination', 's'), a('flags', 't')], []),
+    m('CopyToWithFlags', [a('source', 's'), a('destination', 's'), a('flags', 't')], []),
+    m('OpenRootDirectory', [], [a('fd', 'h')]),
+  ],
+  signals: [],
+  properties: [
+    { name: 'Name', type: 's', emits: 'const' },
+    { name: 'Id', type: 'ay', emits: 'const' },
+    { name: 'Timestamp', type: 't', emits: 'const' },
+    { name: 'TimestampMonotonic', type: 't', emits: 'const' },
+    { name: 'Service', type: 's', emits: 'const' },
+    { name: 'Unit', type: 's', emits: 'const' },
+    { name: 'Scope', type: 's', emits: 'const' },
+    { name: 'Leader', type: 'u', emits: 'const' },
+    { name: 'Class', type: 's', emits: 'const' },
+    { name: 'RootDirectory', type: 's', emits: 'const' },
+    { name: 'NetworkInterfaces', type: 'ai', emits: 'const' },
+    { name: 'State', type: 's', emits: 'false' },
+  ],
+};
+
+export const IMAGE_INTERFACE: InterfaceSpec = {
+  name: 'org.freedesktop.machine1.Image',
+  methods: [
+    m('Remove', [], []),
+    m('Rename', [a('new_name', 's')], []),
+    m('Clone', [a('new_name', 's'), a('read_only', 'b')], []),
+    m('MarkReadOnly', [a('read_only', 'b')], []),
+    m('SetLimit', [a('limit', 't')], []),
+    m('GetHostname', [], [a('hostname', 's')]),
+    m('GetMachineID', [], [a('id', 'ay')]),
+    m('GetMachineInfo', [], [a('machine_info', 'a{ss}')]),
+    m('GetOSRelease', [], [a('os_release', 'a{ss}')]),
+  ],
+  signals: [],
+  properties: [
+    { name: 'Name', type: 's' },
+    { name: 'Path', type: 's' },
+    { name: 'Type', type: 's' },
+    { name: 'ReadOnly', type: 'b' },
+    { name: 'CreationTimestamp', type: 't' },
+    { name: 'ModificationTimestamp', type: 't' },
+    { name: 'Usage', type: 't' },
+    { name: 'Limit', type: 't' },
+    { name: 'UsageExclusive', type: 't' },
+    { name: 'LimitExclusive', type: 't' },
+  ],
+};
+
+/** Read-only calls anyone may make; every other method needs uid 0 (v252 without polkit). */
+export const UNPRIVILEGED_METHODS = new Set([
+  'GetMachine',
+  'GetImage',
+  'GetMachineByPID',
+  'ListMachines',
+  'ListImages',
+  'GetMachineAddresses',
+  'GetMachineOSRelease',
+  'GetMachineUIDShift',
+  'GetImageHostname',
+  'GetImageMachineID',
+  'GetImageMachineInfo',
+  'GetImageOSRelease',
+  'MapFromMachineUser',
+  'MapToMachineUser',
+  'MapFromMachineGroup',
+  'MapToMachineGroup',
+  'GetAddresses',
+  'GetOSRelease',
+  'GetUIDShift',
+  'GetHostname',
+  'GetMachineID',
+  'GetMachineInfo',
+]);

@@ -1,0 +1,224 @@
+// Scope backend for hosts without systemd on the bus: machined creates
+// machine.slice/machine-NAME.scope itself in every tracking hierarchy (cgroup2, or the hybrid
+// name=systemd + cgroup2 pair), moves the leader in, and notices the end of a machine through
+// cgroup.events ("populated 0", inotify) and the leader's pidfd.
+import { readdirSync, watch as fsWatch, type FSWatcher } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import {
+  attachProcess,
+  cgroupEventsFile,
+  cgroupExists,
+  cgroupHierarchies,
+  cgroupPids,
+  cgroupPopulated,
+  createCgroup,
+  enableControllers,
+  pidCgroup,
+  removeCgroup,
+  trackingDirs,
+  unitOfCgroup,
+} from '../../sys/cgroup.js';
+import { unitNameEscape } from '../../dbus/escape.js';
+import { BusError, ERR } from '../errors.js';
+import { LeaderWatch } from '../leader-watch.js';
+import type { Machine } from '../machine.js';
+import type { ChangeListener, ScopeBackend, ScopeProperty } from './backend.js';
+
+export const MACHINE_SLICE = 'machine.slice';
+
+export function scopeUnitName(machineName: string): string {
+  return `machine-${unitNameEscape(machineName)}.scope`;
+}
+
+interface Watched {
+  fsWatcher: FSWatcher | undefined;
+  killTimer: NodeJS.Timeout | undefined;
+}
+
+function stopTimeoutMs(): number {
+  const v = Number(process.env['MCTL_MACHINED_STOP_TIMEOUT_SEC'] ?? '90');
+  return (Number.isFinite(v) && v >= 0 ? v : 90) * 1000;
+}
+
+function signalAll(pids: readonly number[], signal: number): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // exited in the meantime
+    }
+  }
+}
+
+export class CgroupfsBackend implements ScopeBackend {
+  readonly kind = 'cgroupfs' as const;
+  private readonly leaders = new LeaderWatch();
+  private readonly watched = new Map<string, Watched>();
+  /** KillSignal= given in CreateMachine's scope properties, per machine. */
+  private readonly killSignals = new Map<string, number>();
+
+  constructor(private readonly onChange: ChangeListener) {}
+
+  describe(): string {
+    const h = cgroupHierarchies();
+    const where = [h.unified && `cgroup2 at ${h.unified}`, h.systemd && `name=systemd at ${h.systemd}`].filter(Boolean).join(', ');
+    return `cgroupfs (${h.layout} layout: ${where || 'no tracking hierarchy found'})`;
+  }
+
+  async startScope(m: Machine, properties: readonly ScopeProperty[]): Promise<void> {
+    const h = cgroupHierarchies();
+    if (!h.unified && !h.systemd) throw new BusError(ERR.NotSupported, 'No cgroup hierarchy to create the machine scope in.');
+    let slice = MACHINE_SLICE;
+    for (const [key, variant] of properties) {
+      if (key === 'Slice' && typeof variant.value === 'string' && /^[A-Za-z0-9:_.\\-]+\.slice$/.test(variant.value)) slice = variant.value;
+      if (key === 'KillSignal' && typeof variant.value === 'number') this.killSignals.set(m.name, variant.value);
+    }
+    const unit = scopeUnitName(m.name);
+    const cgroup = `${sliceCgroupPath(slice)}/${unit}`;
+    if (cgroupExists(cgroup) && cgroupPopulated(cgroup)) {
+      throw new BusError('org.freedesktop.systemd1.UnitExists', `Unit ${unit} already exists.`);
+    }
+    createCgroup(cgroup);
+    try {
+      enableControllers(cgroup);
+      attachProcess(cgroup, m.leader);
+    } catch (err) {
+      removeCgroup(cgroup);
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') throw new BusError(ERR.InvalidArgs, `Leader PID ${m.leader} is gone.`);
+      throw err;
+    }
+    m.unit = unit;
+    m.cgroup = cgroup;
+    m.ownsScope = true;
+  }
+
+  async adopt(m: Machine): Promise<void> {
+    const cgroup = pidCgroup(m.leader);
+    if (cgroup === undefined) throw new BusError(ERR.InvalidArgs, `Failed to determine unit of process ${m.leader}: No such process`);
+    const unit = unitOfCgroup(cgroup);
+    m.ownsScope = false;
+    if (unit) {
+      m.unit = unit;
+      m.cgroup = cgroup.slice(0, cgroup.indexOf(`/${unit}`) + unit.length + 1);
+    } else {
+      // No unit around the leader (the host runs no service manager): track the leader alone.
+      m.unit = '';
+      m.cgroup = '';
+    }
+  }
+
+  watch(m: Machine): void {
+    this.unwatch(m);
+    const w: Watched = { fsWatcher: undefined, killTimer: undefined };
+    this.watched.set(m.name, w);
+    const events = m.cgroup ? cgroupEventsFile(m.cgroup) : undefined;
+    if (events) {
+      try {
+        w.fsWatcher = fsWatch(events, () => {
+          if (!cgroupPopulated(m.cgroup)) this.onChange(m);
+        });
+        w.fsWatcher.on('error', () => this.onChange(m));
+      } catch {
+        // the cgroup vanished before we looked: GC will find it empty
+      }
+    }
+    if (m.leader > 1 && !this.leaders.watch(m.leader, () => this.onChange(m))) {
+      // Leader already dead: let GC decide right away.
+      queueMicrotask(() => this.onChange(m));
+    }
+  }
+
+  unwatch(m: Machine): void {
+    const w = this.watched.get(m.name);
+    if (!w) return;
+    w.fsWatcher?.close();
+    if (w.killTimer) clearTimeout(w.killTimer);
+    this.watched.delete(m.name);
+    this.leaders.unwatch(m.leader);
+  }
+
+  async isActive(m: Machine): Promise<boolean> {
+    if (m.cgroup) return cgroupPopulated(m.cgroup);
+    return m.leader > 1 && this.leaders.isWatched(m.leader);
+  }
+
+  async stop(m: Machine): Promise<void> {
+    const signal = this.killSignals.get(m.name) ?? osConstants.signals.SIGTERM;
+    const pids = m.cgroup ? cgroupPids(m.cgroup) : [m.leader];
+    signalAll(pids, signal);
+    signalAll(pids, osConstants.signals.SIGCONT);
+    const w = this.watched.get(m.name);
+    if (w && !w.killTimer) {
+      // Like a unit's TimeoutStopSec: whatever ignores the first signal gets SIGKILL.
+      w.killTimer = setTimeout(() => {
+        signalAll(m.cgroup ? cgroupPids(m.cgroup) : [m.leader], osConstants.signals.SIGKILL);
+        setTimeout(() => this.onChange(m), 200).unref();
+      }, stopTimeoutMs());
+      w.killTimer.unref();
+    }
+  }
+
+  async kill(m: Machine, whom: 'leader' | 'all', signal: number): Promise<void> {
+    if (whom === 'leader' || !m.cgroup) {
+      if (!this.leaders.signal(m.leader, signal)) process.kill(m.leader, signal);
+      return;
+    }
+    signalAll(cgroupPids(m.cgroup), signal);
+  }
+
+  async release(m: Machine): Promise<void> {
+    this.unwatch(m);
+    this.killSignals.delete(m.name);
+    // Only the scopes we created are ours to remove, and only once nothing lives there.
+    if (m.ownsScope && m.cgroup && !cgroupPopulated(m.cgroup)) {
+      try {
+        removeCgroup(m.cgroup);
+      } catch {
+        // EBUSY: a process slipped in; the next start of this name reuses the directory
+      }
+    }
+  }
+
+  async sweepOrphans(owned: ReadonlySet<string>): Promise<string[]> {
+    const removed: string[] = [];
+    const slice = sliceCgroupPath(MACHINE_SLICE);
+    const names = new Set<string>();
+    for (const dir of trackingDirs(slice)) {
+      try {
+        for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory() && /^machine-.+\.scope$/.test(e.name)) names.add(e.name);
+      } catch {
+        // no machine.slice yet
+      }
+    }
+    for (const unit of names) {
+      const cgroup = `${slice}/${unit}`;
+      if (owned.has(unit) || cgroupPopulated(cgroup)) continue;
+      try {
+        removeCgroup(cgroup);
+        removed.push(unit);
+      } catch {
+        // busy: leave it
+      }
+    }
+    return removed;
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.watched.values()) {
+      w.fsWatcher?.close();
+      if (w.killTimer) clearTimeout(w.killTimer);
+    }
+    this.watched.clear();
+    this.leaders.close();
+  }
+}
+
+/** "a-b-c.slice" lives at /a.slice/a-b.slice/a-b-c.slice, as systemd nests slices. */
+export function sliceCgroupPath(slice: string): string {
+  if (slice === '-.slice') return '';
+  const base = slice.slice(0, -'.slice'.length);
+  const parts = base.split('-');
+  const out: string[] = [];
+  for (let i = 1; i <= parts.length; i++) out.push(`${parts.slice(0, i).join('-')}.slice`);
+  return '/' + out.join('/');
+}
