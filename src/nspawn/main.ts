@@ -1,16 +1,153 @@
 // mctl-nspawn: spawn a command or boot an OS in a light-weight container.
-import { runMain } from '../common/errors.js';
-import { packageVersion } from '../common/version.js';
+// argv + .nspawn file → ContainerSpec → launch(). The import graph is kept small on purpose:
+// dbus-next is only loaded when there is a bus to register with, koffi only by the runtime.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { runMain, UserError } from '../common/errors.js';
+import { parseCommandLine, checkConflicts, HELP, type ContainerOptions, type ConsoleMode as OptionConsoleMode } from './options.js';
+import { loadSettings, mergeSettings } from './settings.js';
+import { deriveMachineName, ephemeralName, chooseMachineId, readTreeMachineId } from './machine-id.js';
+import { prepareDirectory, planRoot } from './mounts-plan.js';
+import { setupResolvConf, setupTimezone, setupLinkJournal } from './host-integration.js';
+import { credentialHostFiles, credentialEnvironment } from './credentials.js';
+import { defaultBoundingSet, CAPABILITY_NAMES } from './capabilities.js';
+import { SIGRTMIN } from './signals.js';
+import type { ConsoleMode, ContainerSpec } from './spec.js';
+
+const SIGKILL = 9;
+
+function say(quiet: boolean, line: string): void {
+  if (!quiet) process.stderr.write(`${line}\n`);
+}
+
+function resolveConsole(mode: OptionConsoleMode | undefined): ConsoleMode {
+  const tty = process.stdin.isTTY === true && process.stdout.isTTY === true;
+  if (mode === undefined) return tty ? 'interactive' : 'read-only';
+  if (mode === 'autopipe') return tty ? 'interactive' : 'pipe';
+  return mode;
+}
+
+/** With -M and no -D, the machine's directory in the image pool (as nspawn's image_find()). */
+function findRoot(o: ContainerOptions): string | undefined {
+  if (o.directory !== undefined || o.image !== undefined) return o.directory;
+  if (o.machine === undefined) return process.cwd();
+  const pool = process.env['MCTL_POOL'] || '/var/lib/machines';
+  const candidate = join(pool, o.machine);
+  if (existsSync(candidate) || o.template !== undefined) return candidate;
+  throw new UserError(`no image '${o.machine}' in ${pool}`, { hint: 'use -D PATH' });
+}
+
+function environmentRecord(assignments: readonly string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const a of assignments) {
+    const eq = a.indexOf('=');
+    env[a.slice(0, eq)] = a.slice(eq + 1);
+  }
+  return env;
+}
+
+function boundingSet(o: ContainerOptions, privateNetwork: boolean): number[] {
+  let mask = 0n;
+  for (const c of defaultBoundingSet(privateNetwork)) mask |= 1n << BigInt(c);
+  mask = (mask | (o.capabilityAdd ?? 0n)) & ~(o.capabilityDrop ?? 0n);
+  return CAPABILITY_NAMES.map((_, i) => i).filter((i) => (mask >> BigInt(i)) & 1n);
+}
 
 runMain('mctl-nspawn', async () => {
-  const args = process.argv.slice(2);
-  if (args.includes('--version')) {
+  const cl = parseCommandLine(process.argv.slice(2));
+  if (cl.action === 'help') {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (cl.action === 'version') {
+    const { packageVersion } = await import('../common/version.js');
     process.stdout.write(`mctl-nspawn ${packageVersion()}\n`);
     return 0;
   }
-  if (args.includes('--help') || args.includes('-h')) {
-    process.stdout.write('mctl-nspawn [OPTIONS...] [COMMAND [ARGS...]]\n\nSpawn a command or OS in a light-weight container.\n');
-    return 0;
+  const given = cl.options;
+  if (given.image !== undefined) throw new UserError('--image: disk images are not supported by this build yet', { hint: 'use -D DIRECTORY' });
+  given.directory = findRoot(given);
+
+  // The .nspawn file is named after the machine name before -x adds its random suffix.
+  const baseName = deriveMachineName(given.machine, given.directory);
+  const settings = loadSettings({ machineName: baseName, rootPath: given.directory, mode: cl.settings });
+  if (settings) {
+    for (const w of settings.warnings) say(cl.quiet, `mctl-nspawn: ${w}`);
+    if (settings.unsupported.length) say(cl.quiet, `mctl-nspawn: ${settings.path}: not supported, ignored: ${settings.unsupported.join(', ')}`);
+    const net = settings.network;
+    if (settings.trusted && Object.keys(net).length > 0) {
+      throw new UserError(`${settings.path}: [Network] settings are not supported by this build yet`);
+    }
+    if (settings.trusted && settings.userNamespace.privateUsers !== undefined && !/^(no|false|0|off)$/i.test(settings.userNamespace.privateUsers)) {
+      throw new UserError(`${settings.path}: PrivateUsers= is not supported by this build yet`);
+    }
   }
-  throw new Error('not implemented yet');
+  const o = mergeSettings(given, settings, cl.settings);
+  checkConflicts(o);
+
+  const { root } = prepareDirectory(o);
+  const machineName = o.machine ?? (o.ephemeral ? ephemeralName(baseName) : baseName);
+  const plan = planRoot(o, root);
+  try {
+    const privateNetwork = false;
+    const uuid = chooseMachineId(o.uuid, root);
+    const ctx = { root, treeWritable: plan.treeWritable, privateNetwork };
+    // Host integration first, so the user's own mounts can still override these paths.
+    const integration = [
+      ...setupResolvConf(o.resolvConf ?? 'auto', ctx),
+      ...setupTimezone(o.timezone ?? 'auto', ctx),
+      ...setupLinkJournal(o.linkJournal ?? 'auto', readTreeMachineId(root), ctx),
+    ];
+    const startMode = o.startMode ?? 'pid1';
+    const credentials = o.credentials ?? [];
+    const spec: ContainerSpec = {
+      root,
+      readOnlyRoot: plan.readOnlyRoot,
+      rootLayer: plan.rootLayer,
+      machineName,
+      hostname: o.hostname ?? machineName,
+      uuid,
+      payload: {
+        kind: startMode === 'boot' ? 'boot' : 'command',
+        argv: o.parameters ?? [],
+        asPid2: startMode === 'pid2',
+        user: o.user ?? null,
+        chdir: o.workingDirectory ?? null,
+        env: { ...credentialEnvironment(credentials), ...environmentRecord(o.environment ?? []) },
+      },
+      console: resolveConsole(o.console),
+      killSignal: o.killSignal ?? (startMode === 'boot' ? SIGRTMIN + 3 : SIGKILL),
+      namespaces: { privateNetwork, userNamespace: null },
+      mounts: [...integration, ...plan.mounts],
+      capabilities: { bounding: boundingSet(o, privateNetwork), ambient: [] },
+      noNewPrivileges: o.noNewPrivileges ?? false,
+      seccomp: true,
+      hostFiles: credentialHostFiles(credentials),
+      notifyReady: o.notifyReady ?? false,
+      cgroup: null,
+      containerManager: 'mctl',
+      quiet: cl.quiet,
+    };
+
+    const { Registration, registrationPlan } = await import('./register.js');
+    const registerMode = o.register ?? 'auto';
+    const keepUnit = o.keepUnit ?? false;
+    const hooks: import('./launch.js').LaunchHooks = {};
+    if (registrationPlan(registerMode, keepUnit) !== 'nothing') {
+      const registration = new Registration(registerMode, keepUnit, {
+        machineName, uuid, rootDirectory: root, netifIndices: [], slice: o.slice, killSignal: o.killSignal,
+        properties: o.properties ?? [], mounts: spec.mounts,
+      });
+      // Skip the slower hook path of the launcher when there is plainly no bus to talk to.
+      if (registerMode === 'yes' || (await registration.busMayExist())) {
+        hooks.afterNamespaces = [(leader) => registration.start(leader)];
+        hooks.onAbort = [() => registration.stop()];
+      }
+    }
+    const { launch } = await import('./launch.js');
+    await launch(spec, hooks);
+  } catch (err) {
+    for (const undo of plan.cleanup.reverse()) undo();
+    throw err;
+  }
 });
