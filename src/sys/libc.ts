@@ -437,3 +437,20 @@ export function lgetxattr(path: string, name: string): Buffer | null {
 export function lsetxattr(path: string, name: string, value: Buffer): void {
   check(idXattrLib().lsetxattr(path, name, value, value.length, 0), 'lsetxattr', path);
 }
+
+let flockFn: KoffiFn | undefined;
+
+/**
+ * BSD flock(2) on the whole file (the lock util-linux flock(1) waits for, unlike OFD locks).
+ * Returns false when a non-blocking request conflicts (EWOULDBLOCK); other failures throw.
+ */
+export function flock(fd: number, kind: 'shared' | 'exclusive' | 'unlock', wait = false): boolean {
+  flockFn ??= lib().koffi.load('libc.so.6').func('int flock(int fd, int operation)');
+  const op = (kind === 'shared' ? 1 : kind === 'exclusive' ? 2 : 8) | (wait ? 0 : 4);
+  if (Number(flockFn(fd, op)) === -1) {
+    const errno = lib().koffi.errno();
+    if (errno === 11) return false;
+    throw new SysError('flock', errno, `fd ${fd}`);
+  }
+  return true;
+}
