@@ -1,18 +1,25 @@
-// Mount a dissected disk image under a private staging directory:
+// Mount a dissected disk image under a private staging tmpfs:
 //
-//   /run/mctl/images/<id>/        tmpfs, marked MS_PRIVATE: nothing below propagates anywhere
-//   /run/mctl/images/<id>/root    the root partition, with usr/home/srv/var/tmp/esp/xbootldr
+//   /run/mctl/images              a permanent, empty directory (like /run/systemd/nspawn/locks)
+//   /run/mctl/images  <- tmpfs    mounted per use, MS_PRIVATE: nothing below propagates anywhere
+//   /run/mctl/images/root         the root partition, with usr/home/srv/var/tmp/esp/xbootldr
 //                                 mounted at their places below it
+//
+// Why one fixed mount point instead of a directory per use: a launcher lazily unmounts the
+// host's view once the container's mount namespace holds its own copy, but removing a directory
+// would also detach every mount sitting on it in *other* namespaces (Linux ≥ 3.18), i.e. the
+// container's root before it has pivoted. A fixed directory is never removed, so nothing stays
+// behind and nothing can be pulled from under a container. A lock (images.lock) makes the
+// staging tmpfs ours from mount to release; a tmpfs found mounted there while the lock is free
+// is a leftover of a killed process and is detached first.
 //
 // Every partition is its own loop device (offset + size limit; no partition scanning needed)
 // with autoclear, and our fd on it is closed as soon as it is mounted: from then on the mount is
 // the device's only user, and unmounting (or the death of the last mount namespace holding a
-// copy) makes the kernel detach it. `release()` lazily unmounts the whole staging tree and
-// removes the directory; a launcher calls it once the container's mount namespace holds its own
-// copy, so nothing of the image stays on the host, and again (harmlessly) on failure.
-import { closeSync, constants as fsc, mkdirSync, mkdtempSync, openSync, readdirSync, rmdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { MNT, MS, mount, umount2 } from '../sys/libc.js';
+// copy) makes the kernel detach it.
+import { closeSync, constants as fsc, mkdirSync, openSync, readdirSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { MNT, MS, mount, ofdLock, umount2 } from '../sys/libc.js';
 import { attachLoop, type LoopDevice } from '../sys/loop.js';
 import { SysError } from '../sys/errno.js';
 import { DiskImageError } from './errors.js';
@@ -20,7 +27,8 @@ import { dissectImage, type DissectedImage, type ImagePartition } from './dissec
 import { expectedVarUuid, type DpsArch } from './dps.js';
 import { readMachineID } from './metadata.js';
 
-export const STAGING_BASE = '/run/mctl/images';
+export const STAGING_DIR = '/run/mctl/images';
+const STAGING_LOCK = '/run/mctl/images.lock';
 
 export interface MountOptions {
   /** Mount everything read-only (--read-only, or a read-only image). */
@@ -42,7 +50,7 @@ export interface MountedPartition extends ImagePartition {
 export interface MountedImage {
   /** The assembled root, to be used as the container's root directory. */
   rootDir: string;
-  /** The private staging directory holding everything. */
+  /** The private staging tmpfs holding everything (STAGING_DIR while it is ours). */
   stagingDir: string;
   /** Effective read-only state (requested, or forced by a read-only image file). */
   readOnly: boolean;
@@ -50,7 +58,10 @@ export interface MountedImage {
   mounted: MountedPartition[];
   /** Partitions found but not mounted, with why. */
   skipped: Array<{ designator: string; number: number; reason: string }>;
-  /** Unmount everything (lazily) and remove the staging directory. Idempotent. */
+  /**
+   * Lazily unmount the whole staging tree from this mount namespace and give up the staging
+   * lock. Idempotent. Mount namespaces that copied the tree keep their copy.
+   */
   release(): void;
 }
 
@@ -123,39 +134,16 @@ function describeMountError(err: unknown, image: string, p: ImagePartition): Dis
 export function mountImage(path: string, options: MountOptions = {}): MountedImage {
   const dissected = dissectImage(path, options.arch ? { arch: options.arch } : {});
   const readOnly = options.readOnly === true || !imageWritable(path);
-  mkdirSync(STAGING_BASE, { recursive: true, mode: 0o700 });
-  const stagingDir = mkdtempSync(join(STAGING_BASE, 'img-'));
+  const staging = takeStaging();
+  const stagingDir = STAGING_DIR;
   const rootDir = join(stagingDir, 'root');
-  let stagingMounted = false;
   const mounted: MountedPartition[] = [];
   const skipped: MountedImage['skipped'] = [];
-  let released = false;
-
-  const release = (): void => {
-    if (released) return;
-    released = true;
-    if (stagingMounted) {
-      try {
-        umount2(stagingDir, MNT.DETACH);
-      } catch {
-        // Already gone (e.g. detached by a launcher in this namespace).
-      }
-    }
-    try {
-      rmdirSync(stagingDir);
-    } catch {
-      // Left only if something still sits in it; a later release of the same tree removes it.
-    }
-  };
+  const release = (): void => staging.release();
 
   let loop: LoopDevice | undefined;
   try {
-    // A private tmpfs as the staging root: mounts below it never propagate to or from the host.
-    mount('mctl-image', stagingDir, 'tmpfs', MS.NOSUID | MS.NODEV | MS.NOEXEC, 'mode=0700,size=64k');
-    stagingMounted = true;
-    mount(null, stagingDir, null, MS.PRIVATE);
     mkdirSync(rootDir, { mode: 0o755 });
-
     const used = new Set<string>();
     for (const p of dissected.partitions) {
       let where = '/';
@@ -180,7 +168,7 @@ export function mountImage(path: string, options: MountOptions = {}): MountedIma
       const target = where === '/' ? rootDir : join(rootDir, where);
       const { flags, data } = mountOptionsFor(p);
       try {
-        mount(loop.path, target, p.fstype, flags | (ro ? MS.RDONLY : 0), data);
+        mount(device, target, p.fstype, flags | (ro ? MS.RDONLY : 0), data);
       } catch (err) {
         throw describeMountError(err, path, p);
       } finally {
@@ -194,6 +182,45 @@ export function mountImage(path: string, options: MountOptions = {}): MountedIma
     return { rootDir, stagingDir, readOnly, dissected, mounted, skipped, release };
   } catch (err) {
     loop?.detach();
+    release();
+    throw err;
+  }
+}
+
+interface Staging {
+  release(): void;
+}
+
+function isMountedOver(dir: string): boolean {
+  return statSync(dir).dev !== statSync(dirname(dir)).dev;
+}
+
+/** Lock the staging mount point and put a fresh private tmpfs on it. */
+function takeStaging(): Staging {
+  mkdirSync(STAGING_DIR, { recursive: true, mode: 0o700 });
+  const lockFd = openSync(STAGING_LOCK, fsc.O_CREAT | fsc.O_RDWR, 0o600);
+  let mounted = false;
+  let done = false;
+  const release = (): void => {
+    if (done) return;
+    done = true;
+    try {
+      if (mounted) umount2(STAGING_DIR, MNT.DETACH);
+    } catch {
+      // Already detached.
+    } finally {
+      closeSync(lockFd); // drops the lock
+    }
+  };
+  try {
+    ofdLock(lockFd, 'exclusive', true);
+    // Whatever is mounted here while nobody holds the lock was left by a killed process.
+    for (let i = 0; i < 64 && isMountedOver(STAGING_DIR); i++) umount2(STAGING_DIR, MNT.DETACH);
+    mount('mctl-image', STAGING_DIR, 'tmpfs', MS.NOSUID | MS.NODEV | MS.NOEXEC, 'mode=0700,size=64k');
+    mounted = true;
+    mount(null, STAGING_DIR, null, MS.PRIVATE);
+    return { release };
+  } catch (err) {
     release();
     throw err;
   }

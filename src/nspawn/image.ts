@@ -8,7 +8,9 @@
 //  3. launch with spec.root = the staging root; the container's mount namespace copies the
 //     staging tree (the runtime rbinds the root), so in the afterNamespaces hook the host-side
 //     tree is lazily detached: from then on the mounts live only in the container's namespace,
-//     and the loop devices detach themselves when that namespace dies;
+//     and the loop devices detach themselves when that namespace dies. The same hook hands the
+//     image lock's fds to the native supervisor (cleared FD_CLOEXEC before its execve), which
+//     holds them until the container exits — stock machined sees the image as busy;
 //  4. on a failed start the onAbort hook (and release() in any case) unmounts everything.
 //
 // --ephemeral: the image is attached read-only and every partition gets an overlay with a tmpfs
@@ -126,6 +128,10 @@ export function imageLaunchHooks(root: ImageRoot): LaunchHooks {
     afterNamespaces: [
       async () => {
         root.detachHost();
+        // The supervisor this process execve()s into must hold the image lock for the
+        // container's life; the container itself was forked before this and never sees it.
+        const { clearCloexec } = await import('../sys/libc.js');
+        for (const fd of root.lock.fds) clearCloexec(fd);
       },
     ],
     onAbort: [
