@@ -96,7 +96,8 @@ function attachConfigure(file: string, backingFd: number, opts: LoopOptions): Lo
   const ctl = openSync('/dev/loop-control', fsc.O_RDWR);
   try {
     for (let attempt = 0; attempt < 64; attempt++) {
-      const number = ioctlInt(ctl, LOOP_CTL_GET_FREE, 0);
+      // The free device's number is the ioctl's return value (it takes no argument).
+      const number = ioctlBuffer(ctl, LOOP_CTL_GET_FREE, null);
       let fd: number;
       try {
         fd = openSync(`/dev/loop${number}`, opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR);
