@@ -4,7 +4,13 @@
 // FD_CLOEXEC (keepAcrossExec) and dies with the last process holding it, also on SIGKILL.
 import { closeSync, fstatSync, mkdirSync, openSync, statSync, unlinkSync, constants } from 'node:fs';
 import { dirname } from 'node:path';
-import { ofdLock, clearCloexec } from '../sys/libc.js';
+import { ofdLock, flock, clearCloexec } from '../sys/libc.js';
+
+/**
+ * 'ofd': systemd's lock type (stock nspawn's /run/systemd/nspawn-uid locks use it).
+ * 'flock': BSD lock, used for our own per-machine locks so `flock(1)` can wait for a launcher's end.
+ */
+export type LockKind = 'ofd' | 'flock';
 
 export class LockFile {
   readonly path: string;
@@ -21,24 +27,24 @@ export class LockFile {
   }
 
   /** Take the lock without waiting; null when someone else holds it. */
-  static tryAcquire(path: string): LockFile | null {
-    return LockFile.open(path, false);
+  static tryAcquire(path: string, kind: LockKind = 'ofd'): LockFile | null {
+    return LockFile.open(path, false, kind);
   }
 
   /** Take the lock, waiting for the holder to let go. */
-  static acquire(path: string): LockFile {
-    const lock = LockFile.open(path, true);
+  static acquire(path: string, kind: LockKind = 'ofd'): LockFile {
+    const lock = LockFile.open(path, true, kind);
     if (!lock) throw new Error(`${path}: could not take lock`);
     return lock;
   }
 
-  private static open(path: string, wait: boolean): LockFile | null {
+  private static open(path: string, wait: boolean, kind: LockKind): LockFile | null {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     for (;;) {
       const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
       let locked = false;
       try {
-        locked = ofdLock(fd, 'exclusive', wait);
+        locked = kind === 'ofd' ? ofdLock(fd, 'exclusive', wait) : flock(fd, 'exclusive', wait);
         if (!locked) {
           closeSync(fd);
           return null;
@@ -83,8 +89,8 @@ export class LockFile {
 }
 
 /** Is the lock at PATH free right now? (Takes and drops it; does not unlink.) */
-export function isLockFree(path: string): boolean {
-  const l = LockFile.tryAcquire(path);
+export function isLockFree(path: string, kind: LockKind = 'ofd'): boolean {
+  const l = LockFile.tryAcquire(path, kind);
   if (!l) return false;
   l.release(false);
   return true;

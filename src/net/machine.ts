@@ -10,6 +10,8 @@
 // allocation collects such leftovers first, so a SIGKILLed launcher never leaks addresses.
 import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
 import { siphash24, hexKey } from './siphash.js';
 import { generateMac, hostVethName, zoneBridgeName, MAC_KEYS, isValidZoneName, shortenIfname } from './names.js';
@@ -88,6 +90,10 @@ function statePath(cfg: NetConfig, machine: string): string {
   return join(machinesDir(cfg), `${machine}.json`);
 }
 
+export function machineLockPath(machine: string, cfg: NetConfig = netConfig()): string {
+  return lockPath(cfg, machine);
+}
+
 function lockPath(cfg: NetConfig, machine: string): string {
   return join(machinesDir(cfg), `${machine}.lock`);
 }
@@ -158,7 +164,7 @@ function withAllocLock<T>(cfg: NetConfig, fn: () => Promise<T>): Promise<T> {
 async function collectStale(cfg: NetConfig): Promise<void> {
   for (const s of listStates(cfg)) {
     const lp = lockPath(cfg, s.machine);
-    const lock = LockFile.tryAcquire(lp);
+    const lock = LockFile.tryAcquire(lp, 'flock');
     if (!lock) continue;
     try {
       await undoState(cfg, s);
@@ -178,7 +184,7 @@ export async function collect(machine: string, cfg: NetConfig = netConfig()): Pr
   return withAllocLock(cfg, async () => {
     const s = readMachineNetState(machine, cfg);
     if (!s) return 'absent';
-    const lock = LockFile.tryAcquire(lockPath(cfg, machine));
+    const lock = LockFile.tryAcquire(lockPath(cfg, machine), 'flock');
     if (!lock) return 'running';
     try {
       await undoState(cfg, s);
@@ -232,7 +238,7 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
     throw new UserError('--port needs a veth or zone link with automatic addressing', { hint: 'use --network-veth or --network-zone, without --network-auto=no' });
   }
 
-  const lock = LockFile.tryAcquire(lockPath(cfg, machine));
+  const lock = LockFile.tryAcquire(lockPath(cfg, machine), 'flock');
   if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
   const container: NetnsTarget = { pid: req.leaderPid };
   let state: MachineNetState | null = null;
@@ -378,3 +384,21 @@ export function machineAddresses(machine: string, cfg: NetConfig = netConfig()):
 }
 
 export { isLockFree };
+
+/**
+ * Start the watcher that cleans up after this machine's launcher: a detached `flock(1)` waiting
+ * for the machine lock (held by the launcher, later by the native supervisor it execs into),
+ * which then runs collect(). Costs one sleeping flock process (~1 MiB), no Node until the end.
+ * Call after setupMachineNetwork() and before the lock fd is made inheritable.
+ */
+export function spawnCollector(machine: string, cfg: NetConfig = netConfig()): number {
+  const script = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './collect-main.ts' : './collect-main.js', import.meta.url));
+  const node = script.endsWith('.ts') ? [process.execPath, '--import', 'tsx', script] : [process.execPath, script];
+  const child = spawn('flock', ['-x', '-o', lockPath(cfg, machine), ...node, machine], {
+    detached: true,
+    stdio: 'ignore',
+    env: { ...process.env, MCTL_NET_STATE_DIR: cfg.stateDir, MCTL_NET_TABLE: cfg.table },
+  });
+  child.unref();
+  return child.pid ?? 0;
+}

@@ -3,7 +3,7 @@
 // once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
 // src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
 import { UserError } from '../common/errors.js';
-import { isValidIfname, isValidZoneName, parsePortForward, assertNoDuplicatePorts, setupMachineNetwork, collect, type PortForward, type VethExtra, type MachineNetwork } from '../net/index.js';
+import { isValidIfname, isValidZoneName, parsePortForward, assertNoDuplicatePorts, setupMachineNetwork, spawnCollector, collect, type PortForward, type VethExtra, type MachineNetwork } from '../net/index.js';
 import { parsePrivateUsers, parseOwnership, type PrivateUsers, type Ownership } from './userns.js';
 
 /** Network settings as given (undefined = not given, for the .nspawn merge: nspawn treats them as one group). */
@@ -85,7 +85,7 @@ export const NETWORK_OPTIONS: NetOptionDef[] = [
   // Older spelling kept by nspawn: --private-users-chown = ownership chown.
   { long: 'private-users-chown', arg: 'none', apply: (_n, u) => void (u.ownership = 'chown') },
   {
-    long: '', // -U has no long form in nspawn
+    long: 'U', // no long form in nspawn; a one-letter long name marks short-only options in options.ts
     short: 'U',
     arg: 'none',
     apply: (_n, u) => {
@@ -218,3 +218,105 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
 
 /** For the service: remove what a killed launcher of MACHINE left behind. */
 export { collect as collectMachineNetwork };
+
+// ---------------------------------------------------------------------------------------------
+// Launcher glue: one call from main.ts turns the settings into namespace flags, the root to
+// use, and hooks; everything it creates is undone on failure and handed to the supervisor on
+// success (lock fds kept across execve, a flock(1) watcher that collects after the end).
+
+export interface NetUsernsSetup {
+  privateNetwork: boolean;
+  /** veth/zone with mctl's addressing: the container reaches what the host reaches (resolv.conf like the host's). */
+  hostLikeConnectivity: boolean;
+  userNamespace: { uidShift: number; uidRange: number } | null;
+  /** The root to hand to the runtime (an idmapped view of the tree with ownership=map). */
+  root: string;
+  afterNamespaces: Array<(leaderPid: number) => Promise<void>>;
+  onAbort: Array<() => Promise<void>>;
+  /** Undo for a failure before launch() was reached. */
+  cleanup(): Promise<void>;
+}
+
+export interface NetUsernsInput {
+  machineName: string;
+  root: string;
+  network?: NetworkSettings;
+  userns?: UsernsSettings;
+  /** The tree may be changed (ownership=chown needs it). */
+  treeWritable: boolean;
+}
+
+export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<NetUsernsSetup> {
+  const plan = resolveNetwork(input.network);
+  const { resolveUidRange, resolveOwnership, chownTree, makeUserns, mountIdmapped } = await import('./userns.js');
+  const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
+  const undo: Array<() => Promise<void> | void> = [];
+  const cleanup = async (): Promise<void> => {
+    for (const u of undo.splice(0).reverse()) {
+      try {
+        await u();
+      } catch {
+        /* keep undoing */
+      }
+    }
+  };
+  const setup: NetUsernsSetup = {
+    privateNetwork: plan.privateNetwork,
+    hostLikeConnectivity: plan.veth && plan.auto && !plan.bridge,
+    userNamespace: null,
+    root: input.root,
+    afterNamespaces: [],
+    onAbort: [cleanup],
+    cleanup,
+  };
+  const keep: Array<() => void> = [];
+  try {
+    const range = resolveUidRange(privateUsers, input.machineName, input.root);
+    if (range) {
+      if (range.lock) {
+        const lock = range.lock;
+        undo.push(() => lock.release(true));
+        keep.push(() => void lock.keepAcrossExec());
+      }
+      setup.userNamespace = { uidShift: range.shift, uidRange: range.range };
+      const ownership = await resolveOwnership(input.userns?.ownership ?? (privateUsers.mode === 'pick' ? 'auto' : 'off'), input.root, range.shift);
+      if (ownership === 'chown') {
+        if (!input.treeWritable) throw new UserError('--private-users-ownership=chown needs a writable tree', { hint: 'use map, or --ephemeral' });
+        chownTree(input.root, range.shift);
+      } else if (ownership === 'map') {
+        const ns = await makeUserns(range.shift, range.range);
+        let mapped;
+        try {
+          mapped = mountIdmapped(input.root, `/run/mctl/nspawn/idmap/${input.machineName}.${process.pid}`, ns.fd);
+        } finally {
+          ns.close();
+        }
+        const m = mapped;
+        undo.push(() => m.release());
+        setup.root = m.path;
+        // The container's mount namespace holds its own copy from now on; ours can go.
+        setup.afterNamespaces.push(async () => m.release());
+      }
+    }
+    if (needsHostSetup(plan)) {
+      const runtime = networkRuntime(input.machineName, plan);
+      undo.push(() => runtime.teardown());
+      setup.afterNamespaces.push(async (pid) => {
+        await runtime.afterNamespaces(pid);
+        const net = runtime.network();
+        if (net) {
+          spawnCollector(input.machineName);
+          keep.push(() => void net.lock.keepAcrossExec());
+        }
+      });
+    }
+    // Last hook: from here on the native supervisor (which this process execs into) holds the locks.
+    setup.afterNamespaces.push(async () => {
+      for (const k of keep) k();
+    });
+    return setup;
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { UserError } from '../common/errors.js';
 import { siphash24, hexKey, LockFile } from '../net/index.js';
-import { userIdExists, groupIdExists, lgetxattr, lsetxattr, openTree, moveMount, mountSetattr, umount2, OPEN_TREE, AT, MOUNT_ATTR, MNT } from '../sys/libc.js';
+import { userIdExists, groupIdExists, lgetxattr, lsetxattr, openTree, moveMount, mountSetattr, umount2, mount, OPEN_TREE, AT, MOUNT_ATTR, MNT, MS } from '../sys/libc.js';
 
 export const UID_RANGE = 0x10000;
 export const UID_BASE_MIN = 0x00080000;
@@ -278,7 +278,14 @@ export function mountIdmapped(root: string, at: string, usernsFd: number): Idmap
   try {
     mountSetattr(fd, AT.EMPTY_PATH | AT.RECURSIVE, { attrSet: MOUNT_ATTR.IDMAP, usernsFd });
     moveMount(fd, at);
+    // Private, so detaching our copy later does not propagate into the container's copy.
+    mount(null, at, null, MS.PRIVATE | MS.REC);
   } catch (err) {
+    try {
+      umount2(at, MNT.DETACH);
+    } catch {
+      /* not mounted yet */
+    }
     try {
       rmdirSync(at);
     } catch {
