@@ -1,0 +1,203 @@
+// mctl-nspawn's options, end to end through the built bin/mctl-nspawn on a copy of the cached
+// Debian tree: each test would fail if its option were ignored.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { debianTree } from '../helpers/images.js';
+
+const repo = fileURLToPath(new URL('../..', import.meta.url));
+const NSPAWN = join(repo, 'bin/mctl-nspawn');
+
+let work: string;
+let tree: string;
+let hostDir: string;
+
+function cleanEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env['DBUS_SYSTEM_BUS_ADDRESS'];
+  delete env['NOTIFY_SOCKET'];
+  return env;
+}
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function nspawn(args: string[], env: NodeJS.ProcessEnv = cleanEnv()): Run {
+  const r = spawnSync(process.execPath, [NSPAWN, ...args], { env, encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Run a shell snippet in a command container on the test tree (pipe console, no registration). */
+function sh(script: string, options: string[] = []): Run {
+  return nspawn(['-q', '--pipe', '--register=no', '-D', tree, ...options, '/bin/sh', '-c', script]);
+}
+
+/** Our mounts as the host sees them: anything mentioning the work dir. */
+function ourMounts(): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(work));
+}
+
+before(() => {
+  work = mkdtempSync('/tmp/mctl-nspawn-opt-');
+  tree = join(work, 'tree');
+  const r = spawnSync('cp', ['-a', '--reflink=auto', debianTree(), tree]);
+  assert.equal(r.status, 0, 'copy of the cached tree');
+  hostDir = join(work, 'host');
+  mkdirSync(hostDir);
+  writeFileSync(join(hostDir, 'file'), 'from-host\n');
+});
+
+after(() => {
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('--bind is writable inside and shows host files', () => {
+  const r = sh('cat /mnt/h/file && echo inside > /mnt/h/new && grep -c " /mnt/h " /proc/self/mountinfo', [`--bind=${hostDir}:/mnt/h`]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'from-host\n1\n');
+  assert.equal(readFileSync(join(hostDir, 'new'), 'utf8'), 'inside\n');
+  rmSync(join(hostDir, 'new'));
+});
+
+test('--bind-ro is read-only inside; a ":" in a path is escaped', () => {
+  const colon = join(work, 'a:b');
+  mkdirSync(colon, { recursive: true });
+  writeFileSync(join(colon, 'f'), 'colon\n');
+  const r = sh('cat /ro/f; touch /ro/x 2>/dev/null && echo WRITABLE; grep " /ro " /proc/self/mountinfo | cut -d" " -f6', [`--bind-ro=${colon.replace(':', '\\:')}:/ro`]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^colon\n/);
+  assert.doesNotMatch(r.stdout, /WRITABLE/);
+  assert.match(r.stdout, /^(.*,)?ro(,.*)?$/m);
+  assert.ok(!existsSync(join(colon, 'x')));
+});
+
+test('--tmpfs mounts an empty tmpfs with the given options', () => {
+  const r = sh('stat -c "%a %U" /srv/t; grep " /srv/t " /proc/self/mountinfo | grep -o "tmpfs tmpfs [^ ]*"', ['--tmpfs=/srv/t:mode=0711']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^711 root\ntmpfs tmpfs rw(,.*)?,mode=711/);
+});
+
+test('--read-only makes the root read-only; -E, --chdir, -u apply', () => {
+  const ro = sh('touch /probe 2>&1; echo status=$?', ['--read-only']);
+  assert.match(ro.stdout, /Read-only file system/);
+  assert.ok(!existsSync(join(tree, 'probe')));
+  const rw = sh('touch /probe && echo ok && rm /probe');
+  assert.equal(rw.stdout, 'ok\n');
+  const env = sh('echo "$FOO|$BAR|$(pwd)|$(id -un)"', ['-E', 'FOO=one two', '--setenv=BAR=x=y', '--chdir=/usr/share', '-u', 'nobody']);
+  assert.equal(env.status, 0, env.stderr);
+  assert.equal(env.stdout, 'one two|x=y|/usr/share|nobody\n');
+});
+
+test('the payload exit status becomes ours; --hostname and -M apply', () => {
+  assert.equal(sh('exit 7').status, 7);
+  const r = nspawn(['-q', '--pipe', '--register=no', '-D', tree, '-M', 't-nsp-opt-name', '/bin/sh', '-c', 'hostname']);
+  assert.equal(r.stdout, 't-nsp-opt-name\n');
+  const h = nspawn(['-q', '--pipe', '--register=no', '-D', tree, '-M', 't-nsp-opt-name', '--hostname=other', '/bin/hostname']);
+  assert.equal(h.stdout, 'other\n');
+});
+
+test('--set-credential and --load-credential appear in $CREDENTIALS_DIRECTORY with tight modes', () => {
+  writeFileSync(join(work, 'cred'), 'loaded\n');
+  const r = sh('cd "$CREDENTIALS_DIRECTORY" && stat -c "%a %n" . a b && cat a b', ['--set-credential=a:lit\\x41', `--load-credential=b:${join(work, 'cred')}`]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, '500 .\n400 a\n400 b\nlitAloaded\n');
+});
+
+test('--capability and --drop-capability change the bounding set', () => {
+  const bnd = (opts: string[]) => BigInt(`0x${/CapBnd:\s*([0-9a-f]+)/.exec(sh('grep CapBnd /proc/self/status', opts).stdout)?.[1] ?? '0'}`);
+  const base = bnd([]);
+  assert.equal((base >> 25n) & 1n, 0n, 'CAP_SYS_TIME is not in the default set');
+  assert.equal((bnd(['--capability=CAP_SYS_TIME']) >> 25n) & 1n, 1n);
+  assert.equal((bnd(['--drop-capability=CAP_MKNOD']) >> 27n) & 1n, 0n);
+  assert.equal((base >> 27n) & 1n, 1n);
+});
+
+test('--no-new-privileges sets NoNewPrivs', () => {
+  assert.match(sh('grep NoNewPrivs /proc/self/status', ['--no-new-privileges']).stdout, /NoNewPrivs:\s*1/);
+  assert.match(sh('grep NoNewPrivs /proc/self/status').stdout, /NoNewPrivs:\s*0/);
+});
+
+test('.nspawn next to the tree is untrusted: harmless keys apply, privileged ones are ignored', () => {
+  const file = join(work, 'tree.nspawn');
+  writeFileSync(file, `[Exec]\nEnvironment=FROMFILE=yes\n[Files]\nBind=${hostDir}:/mnt/fromfile\n`);
+  try {
+    const r = nspawn(['--pipe', '--register=no', '-D', tree, '/bin/sh', '-c', 'echo "$FROMFILE"; test -e /mnt/fromfile/file && echo BOUND; true']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, 'yes\n');
+    assert.match(r.stderr, /ignoring Bind=, .*tree\.nspawn is not trusted/);
+    const t = nspawn(['-q', '--pipe', '--register=no', '--settings=trusted', '-D', tree, '/bin/sh', '-c', 'cat /mnt/fromfile/file']);
+    assert.equal(t.stdout, 'from-host\n');
+    const cmdWins = nspawn(['-q', '--pipe', '--register=no', '-E', 'FROMFILE=cmd', '-D', tree, '/bin/sh', '-c', 'echo $FROMFILE']);
+    assert.equal(cmdWins.stdout, 'cmd\n');
+    const fileWins = nspawn(['-q', '--pipe', '--register=no', '--settings=override', '-E', 'FROMFILE=cmd', '-D', tree, '/bin/sh', '-c', 'echo $FROMFILE']);
+    assert.equal(fileWins.stdout, 'yes\n');
+    const off = nspawn(['-q', '--pipe', '--register=no', '--settings=no', '-D', tree, '/bin/sh', '-c', 'echo "[$FROMFILE]"']);
+    assert.equal(off.stdout, '[]\n');
+  } finally {
+    rmSync(file, { force: true });
+  }
+});
+
+test('.nspawn in /run/systemd/nspawn is trusted', () => {
+  const dir = '/run/systemd/nspawn';
+  const created = !existsSync(dir);
+  const createdParent = !existsSync('/run/systemd');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 't-nsp-opt-trusted.nspawn');
+  writeFileSync(file, `[Exec]\nHostname=from-trusted\n[Files]\nBindReadOnly=${hostDir}:/mnt/trusted\n`);
+  try {
+    const r = nspawn(['-q', '--pipe', '--register=no', '-M', 't-nsp-opt-trusted', '-D', tree, '/bin/sh', '-c', 'hostname; cat /mnt/trusted/file']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, 'from-trusted\nfrom-host\n');
+  } finally {
+    rmSync(file, { force: true });
+    if (created) rmdirSync(dir);
+    if (createdParent) rmdirSync('/run/systemd');
+  }
+});
+
+test('bad input: one line, exit 1, no mounts left', () => {
+  const before = ourMounts();
+  const badFile = join(work, 'badname.nspawn');
+  mkdirSync(join(work, 'badname'), { recursive: true });
+  writeFileSync(badFile, '[Exec]\nBoot=perhaps\n');
+  const cases: Array<[string[], RegExp]> = [
+    [['-D', join(work, 'missing'), '/bin/true'], /directory .*missing does not exist/],
+    [['-D', tree, '-M', 'bad_name', '/bin/true'], /--machine: invalid machine name 'bad_name'/],
+    [['-D', join(work, 'badname'), '/bin/true'], /badname\.nspawn:2: Boot=: 'perhaps' is not a boolean/],
+    [['-D', tree, '-x', '--template', tree, '/bin/true'], /--ephemeral and --template= may not be combined/],
+    [['-D', tree, '--bind=relative:/x', '/bin/true'], /--bind: 'relative' is not an absolute path/],
+    [['-D', tree, `--bind=${join(work, 'nope')}:/x`, '/bin/true'], /--bind: .*nope does not exist/],
+    [['-D', tree, '-E', '=x', '/bin/true'], /--setenv: invalid environment assignment/],
+    [['-D', hostDir, '-b'], /does not look like an OS root directory/],
+    [['-D', tree, '--property=Bogus=1', '/bin/true'], /unknown or unsupported property 'Bogus'/],
+    [['--kill-signal=FOO'], /^mctl-nspawn: --kill-signal: unknown signal 'FOO'\n$/],
+  ];
+  try {
+    for (const [args, re] of cases) {
+      const r = nspawn(['--register=no', ...args]);
+      assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, re);
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+      assert.ok(r.stderr.startsWith('mctl-nspawn: '));
+      assert.doesNotMatch(r.stderr, /at .*\.js:\d+/);
+    }
+  } finally {
+    rmSync(badFile, { force: true });
+  }
+  assert.deepEqual(ourMounts(), before);
+  assert.deepEqual(readdirSync(work).sort(), ['a:b', 'badname', 'cred', 'host', 'tree'].filter((n) => existsSync(join(work, n))).sort());
+});
+
+test('--help lists the options, --version prints one line', () => {
+  const h = nspawn(['--help']);
+  assert.equal(h.status, 0);
+  for (const o of ['--bind-ro', '--ephemeral', '--volatile', '--register', '--settings', '--set-credential', '--kill-signal']) assert.ok(h.stdout.includes(o), o);
+  assert.match(nspawn(['--version']).stdout, /^mctl-nspawn \d+\.\d+\.\d+\n$/);
+});
