@@ -118,7 +118,7 @@ export async function execViaBus(machine1: Machine1, req: Omit<ExecRequest, 'lea
   const args = ['/bin/sh', '-c', wrapper, 'sh', ...req.command];
   const { fd } = await machine1.openShell(req.machine, req.user, '/bin/sh', args, req.env);
   const marker = new ExitMarkerFilter();
-  await forwardPty(fd, { filter: (c) => marker.filter(c) });
+  await forwardPty(fd, { ignoreHangup: 'initial', filter: (c) => marker.filter(c) });
   if (marker.status === undefined) throw new UserError(`shell in ${req.machine} ended without reporting the command's status`, { exitCode: 255 });
   return marker.status;
 }

@@ -9,9 +9,9 @@ import { canExecDirect, execDirect, execViaBus } from '../container-exec.js';
 import { withSession, machineName, stringList, type Args } from '../run.js';
 import type { Session } from '../session.js';
 
-async function forwardSession(s: Session, name: string, fd: number): Promise<void> {
+async function forwardSession(s: Session, name: string, fd: number, ignoreHangup: 'always' | 'initial'): Promise<void> {
   s.info(`Connected to machine ${name}. Press ^] three times within 1s to exit session.`);
-  const { reason } = await forwardPty(fd);
+  const { reason } = await forwardPty(fd, { ignoreHangup });
   s.info(reason === 'escape' ? `\nConnection to machine ${name} terminated by user.` : `\nConnection to machine ${name} terminated.`);
 }
 
@@ -27,7 +27,7 @@ const login: CommandModule<GlobalArgs, Args<LoginArgs>> = {
     withSession(argv, async (s) => {
       const name = machineName(argv.name ?? '.host');
       const { fd } = await new Machine1(s).openLogin(name);
-      await forwardSession(s, name, fd);
+      await forwardSession(s, name, fd, 'always');
     }),
 };
 
@@ -81,7 +81,7 @@ const shell: CommandModule<GlobalArgs, Args<ShellArgs>> = {
         const term = process.env['TERM'];
         const fullEnv = term && !env.some((e) => e.startsWith('TERM=')) ? [`TERM=${term}`, ...env] : env;
         const { fd } = await m1.openShell(name, user, '', [], fullEnv);
-        await forwardSession(s, name, fd);
+        await forwardSession(s, name, fd, 'initial');
         return 0;
       }
       const props = await m1.properties(await m1.getMachine(name), MACHINE_IFACE, { machine: name });
