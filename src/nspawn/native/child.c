@@ -598,6 +598,9 @@ void child_main(const struct config *c, int sock)
 	if (child_parent_end >= 0)
 		close(child_parent_end);
 
+	/* with a user namespace our ids are still the host's (unmapped) until we take the mapped root */
+	if (c->userns && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0))
+		fail("failed to become root in the user namespace: %s", strerror(errno));
 	if (unshare(CLONE_NEWCGROUP) < 0)
 		fail("failed to create the cgroup namespace: %s", strerror(errno));
 	if (c->hostname && *c->hostname && sethostname(c->hostname, strlen(c->hostname)) < 0)
@@ -629,8 +632,9 @@ void child_main(const struct config *c, int sock)
 	int notify = setup_notify();
 	fds[n_fds++] = notify;
 
-	if (c->n_host_files > 0 || true) {
-		xmount(in_root("/run/host"), in_root("/run/host"), NULL, MS_BIND, NULL);
+	{
+		/* recursive: os-release is a bind mount below it */
+		xmount(in_root("/run/host"), in_root("/run/host"), NULL, MS_BIND | MS_REC, NULL);
 		if (remount_bind(in_root("/run/host"), true) < 0)
 			fail("failed to make /run/host read-only: %s", strerror(errno));
 	}

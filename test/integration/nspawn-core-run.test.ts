@@ -1,0 +1,258 @@
+// The container runtime, for real: command containers on the cached Debian tree (read-only or
+// through a throw-away overlay, never modified), through the built bin/mctl-nspawn and, for
+// what the options do not reach (hooks, fixed user namespace), through the spec driver.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { debianTree } from '../helpers/images.js';
+import { capabilityMask, defaultBoundingSet } from '../../src/nspawn/capabilities.js';
+import type { ContainerSpec } from '../../src/nspawn/spec.js';
+
+const BIN = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
+const DRIVER = fileURLToPath(new URL('./nspawn-core-driver.ts', import.meta.url));
+let tree = '';
+
+before(() => {
+  tree = debianTree();
+});
+
+function nspawn(args: string[], options: { env?: NodeJS.ProcessEnv } = {}) {
+  return spawnSync(BIN, ['-q', '--register=no', ...args], { encoding: 'utf8', timeout: 60_000, env: options.env ?? process.env });
+}
+
+function driver(spec: ContainerSpec, env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, ['--import', 'tsx', DRIVER, JSON.stringify(spec)], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, ...env },
+  });
+}
+
+function baseSpec(argv: string[], overrides: Partial<ContainerSpec> = {}): ContainerSpec {
+  return {
+    root: tree,
+    readOnlyRoot: true,
+    rootLayer: 'plain',
+    machineName: 't-nsc-drv',
+    hostname: 't-nsc-drv',
+    uuid: '0123456789abcdef0123456789abcdef',
+    payload: { kind: 'command', argv, asPid2: false, user: null, chdir: null, env: {} },
+    console: 'pipe',
+    killSignal: 9,
+    namespaces: { privateNetwork: false, userNamespace: null },
+    mounts: [],
+    capabilities: { bounding: defaultBoundingSet(false), ambient: [] },
+    noNewPrivileges: false,
+    seccomp: true,
+    hostFiles: [],
+    notifyReady: false,
+    cgroup: null,
+    containerManager: 'mctl',
+    quiet: true,
+    ...overrides,
+  };
+}
+
+/** What a failed or finished start must not leave: mounts and our cgroups. */
+function hostState(): string {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ').slice(3, 5).join(' '))
+    .sort()
+    .join('\n');
+  const cgroups = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd', '/sys/fs/cgroup']
+    .filter((d) => existsSync(d))
+    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-t-nsc')).map((n) => `${d}/${n}`))
+    .join('\n');
+  return `${mounts}\n--\n${cgroups}`;
+}
+
+test('/bin/true runs and returns 0; exit N becomes the launcher status', () => {
+  const before = hostState();
+  const ok = nspawn(['--read-only', '-D', tree, '/bin/true']);
+  assert.equal(ok.status, 0, ok.stderr);
+  const seven = nspawn(['--read-only', '-D', tree, '/bin/sh', '-c', 'exit 7']);
+  assert.equal(seven.status, 7, seven.stderr);
+  assert.equal(hostState(), before);
+});
+
+test('the container world: PID 1, hostname, API file systems, /dev, devpts, capabilities, environment', () => {
+  const script = [
+    'echo pid=$$',
+    'echo host=$(hostname)',
+    'echo env=$container:$container_uuid',
+    'awk \'$5=="/proc/sys"{print "procsys="$6}\' /proc/self/mountinfo',
+    'awk \'$5=="/sys"{print "sys="$6}\' /proc/self/mountinfo',
+    'awk \'$5=="/dev/pts"{print "devpts="$(NF)}\' /proc/self/mountinfo',
+    'for n in null zero full random urandom tty net/tun; do test -c /dev/$n && echo dev=$n; done',
+    'test -L /dev/ptmx && echo ptmx=$(readlink /dev/ptmx)',
+    'grep CapBnd /proc/self/status',
+    'echo manager=$(cat /run/host/container-manager)',
+    'test -s /run/host/os-release && echo os-release=yes',
+    'touch /proc/sys/kernel/hostname 2>/dev/null || echo procsys-write=denied',
+    'awk \'$5=="/run" || $5=="/tmp" || $5=="/dev/shm" {print "tmpfs="$5":"$9}\' /proc/self/mountinfo',
+    'cat /proc/self/cgroup | grep "^0::"',
+  ].join('; ');
+  const r = nspawn(['--console=pipe', '--read-only', '-M', 't-nsc-world', '-D', tree, '/bin/sh', '-c', script]);
+  assert.equal(r.status, 0, r.stderr);
+  const out = r.stdout;
+  assert.match(out, /^pid=1$/m);
+  assert.match(out, /^host=t-nsc-world$/m);
+  assert.match(out, /^env=mctl:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/m);
+  assert.match(out, /^procsys=ro,/m);
+  assert.match(out, /^sys=ro,/m);
+  assert.match(out, /^devpts=.*ptmxmode=666/m);
+  for (const n of ['null', 'zero', 'full', 'random', 'urandom', 'tty', 'net/tun']) assert.match(out, new RegExp(`^dev=${n}$`, 'm'));
+  assert.match(out, /^ptmx=pts\/ptmx$/m);
+  // the kept set can only be what this host's own bounding set still has
+  const hostBounding = BigInt(`0x${/^CapBnd:\s+([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0'}`);
+  const mask = (capabilityMask(defaultBoundingSet(false)) & hostBounding).toString(16).padStart(16, '0');
+  assert.match(out, new RegExp(`^CapBnd:\\s+${mask}$`, 'm'));
+  assert.match(out, /^manager=mctl$/m);
+  assert.match(out, /^os-release=yes$/m);
+  assert.match(out, /^procsys-write=denied$/m);
+  for (const p of ['/run', '/tmp', '/dev/shm']) assert.match(out, new RegExp(`^tmpfs=${p}:tmpfs$`, 'm'));
+  assert.match(out, /^0::\/$/m, 'the container sees its own cgroup as the root');
+});
+
+test('the seccomp filter refuses what nspawn refuses (keyctl, swapoff) and no_new_privs is applied', () => {
+  // perl-base is essential in Debian: raw syscalls without extra tools. swapoff (168) and
+  // keyctl (250) on x86-64: EPERM from the filter, a different error without it.
+  const probe = [
+    'open(my $f, "<", "/proc/self/status"); print grep { /^(Seccomp|NoNewPrivs):/ } <$f>;',
+    'my $p = "/nonexistent"; $! = 0; syscall(168, $p); print "swapoff=", $! + 0, "\\n";',
+    '$! = 0; syscall(250, 0, 0); print "keyctl=", $! + 0, "\\n";',
+  ].join(' ');
+  const r = driver(baseSpec(['/usr/bin/perl', '-e', probe], { noNewPrivileges: true }));
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^Seccomp:\s+2$/m);
+  assert.match(r.stdout, /^NoNewPrivs:\s+1$/m);
+  assert.match(r.stdout, /^swapoff=1$/m, 'EPERM');
+  assert.match(r.stdout, /^keyctl=1$/m, 'EPERM');
+  const off = driver(baseSpec(['/usr/bin/perl', '-e', probe], { seccomp: false }));
+  assert.match(off.stdout, /^Seccomp:\s+0$/m);
+  assert.match(off.stdout, /^NoNewPrivs:\s+0$/m);
+  assert.match(off.stdout, /^swapoff=2$/m, 'ENOENT without the filter');
+  assert.doesNotMatch(off.stdout, /^keyctl=1$/m);
+});
+
+test('--as-pid2 runs the payload as PID 2 under a stub init and keeps its exit status', () => {
+  const r = nspawn(['--console=pipe', '--read-only', '-a', '-D', tree, '/bin/sh', '-c', 'echo pid=$$; echo init=$(cat /proc/1/comm); exit 3']);
+  assert.equal(r.status, 3, r.stderr);
+  assert.match(r.stdout, /^pid=2$/m);
+  assert.match(r.stdout, /^init=\(sd-stubinit\)$/m);
+});
+
+test('a bad root gives one line and exit 1, and leaves nothing behind', () => {
+  const before = hostState();
+  const r = nspawn(['-D', '/nonexistent/t-nsc', '/bin/true']);
+  assert.equal(r.status, 1);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /nonexistent\/t-nsc/);
+  // a root that exists but cannot be set up (no /usr, nothing to exec) fails inside the helper
+  const empty = mkdtempSync('/tmp/mctl-nsc-empty-');
+  try {
+    const d = driver(baseSpec(['/bin/true'], { root: empty, readOnlyRoot: false, machineName: 't-nsc-bad', hostname: 't-nsc-bad' }));
+    assert.equal(d.status, 1);
+    assert.equal(d.stderr.trim().split('\n').length, 1, d.stderr);
+    assert.match(d.stderr, /failed to execute \/bin\/true/);
+  } finally {
+    rmSync(empty, { recursive: true, force: true });
+  }
+  assert.equal(hostState(), before);
+});
+
+test('SIGTERM to the launcher sends the kill signal (SIGKILL for commands) and the launcher exits', async () => {
+  const before = hostState();
+  const child = spawn(BIN, ['-q', '--register=no', '--console=pipe', '--read-only', '-M', 't-nsc-term', '-D', tree, '/bin/sleep', '100'], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 1500));
+  const t0 = Date.now();
+  child.kill('SIGTERM');
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  assert.equal(code, 1, 'a container killed by a signal is a failure, as with nspawn');
+  assert.ok(Date.now() - t0 < 5000);
+  assert.equal(hostState(), before);
+});
+
+test('afterNamespaces hooks get the leader PID before the payload runs; a failing hook aborts cleanly', () => {
+  const dir = mkdtempSync('/tmp/mctl-nsc-hook-');
+  try {
+    const file = `${dir}/pid`;
+    const before = hostState();
+    const r = driver(baseSpec(['/bin/sh', '-c', 'echo pid=$$; cat /proc/1/cmdline | tr "\\0" " "']), { MCTL_TEST_HOOK_FILE: file });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^pid=1$/m);
+    assert.match(readFileSync(file, 'utf8'), /^\d+$/);
+    const bad = driver(baseSpec(['/bin/sh', '-c', 'echo should-not-run']), { MCTL_TEST_HOOK_FILE: file, MCTL_TEST_HOOK_FAIL: '1' });
+    assert.equal(bad.status, 1);
+    assert.doesNotMatch(bad.stdout, /should-not-run/);
+    assert.match(bad.stderr, /hook failed on purpose/);
+    const pid = Number(readFileSync(file, 'utf8'));
+    // the waiting child was killed with the launcher's failure
+    const deadline = Date.now() + 3000;
+    while (existsSync(`/proc/${pid}`) && readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z' && Date.now() < deadline) spawnSync('sleep', ['0.05']);
+    assert.ok(!existsSync(`/proc/${pid}`) || readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] === 'Z');
+    assert.equal(hostState(), before);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a user namespace with a fixed map: root inside is a high uid outside', () => {
+  const shift = 0x6f000000;
+  const dir = mkdtempSync('/tmp/mctl-nsc-userns-');
+  try {
+    const file = `${dir}/pid`;
+    const spec = baseSpec(['/bin/sh', '-c', 'id -u; cat /proc/self/uid_map; cat /proc/self/gid_map; touch /tmp/x && stat -c owner=%u /tmp/x; sleep 1'], {
+      rootLayer: 'overlay',
+      readOnlyRoot: false,
+      namespaces: { privateNetwork: true, userNamespace: { uidShift: shift, uidRange: 65536 } },
+      capabilities: { bounding: defaultBoundingSet(true), ambient: [] },
+    });
+    const r = driver(spec, { MCTL_TEST_HOOK_FILE: file });
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).join(' '));
+    assert.equal(lines[0], '0');
+    assert.equal(lines[1], `0 ${shift} 65536`);
+    assert.equal(lines[2], `0 ${shift} 65536`);
+    assert.equal(lines[3], 'owner=0');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('with a user namespace the container process runs as the shifted uid on the host', async () => {
+  const shift = 0x6f010000;
+  const spec = baseSpec(['/bin/sleep', '30'], {
+    rootLayer: 'overlay',
+    readOnlyRoot: false,
+    machineName: 't-nsc-uid',
+    hostname: 't-nsc-uid',
+    namespaces: { privateNetwork: true, userNamespace: { uidShift: shift, uidRange: 65536 } },
+  });
+  const dir = mkdtempSync('/tmp/mctl-nsc-userns-');
+  const child = spawn(process.execPath, ['--import', 'tsx', DRIVER, JSON.stringify(spec)], {
+    stdio: 'ignore',
+    env: { ...process.env, MCTL_TEST_HOOK_FILE: `${dir}/pid` },
+  });
+  try {
+    let pid = 0;
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      if (!existsSync(`${dir}/pid`)) continue;
+      pid = Number(readFileSync(`${dir}/pid`, 'utf8'));
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      if (/^Name:\s+sleep$/m.test(status)) break;
+    }
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    assert.match(status, /^Name:\s+sleep$/m);
+    assert.match(status, new RegExp(`^Uid:\\s+${shift}\\s+${shift}\\s+${shift}\\s+${shift}$`, 'm'));
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.on('exit', r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
