@@ -65,12 +65,17 @@ runMain('mctl-nspawn', async () => {
     return 0;
   }
   const given = cl.options;
-  if (given.image !== undefined) throw new UserError('--image: disk images are not supported by this build yet', { hint: 'use -D DIRECTORY' });
-  given.directory = findRoot(given);
+  // -M NAME alone boots the pool image NAME: a directory, or NAME.raw / a block device (--image).
+  const imageMod = given.image !== undefined || (given.directory === undefined && given.machine !== undefined) ? await import('./image.js') : undefined;
+  if (imageMod && given.image === undefined && given.machine !== undefined) {
+    const found = imageMod.resolveMachineImage(given.machine);
+    if (found?.kind === 'image') given.image = found.path;
+  }
+  if (given.image === undefined) given.directory = findRoot(given);
 
   // The .nspawn file is named after the machine name before -x adds its random suffix.
-  const baseName = deriveMachineName(given.machine, given.directory);
-  const settings = loadSettings({ machineName: baseName, rootPath: given.directory, mode: cl.settings });
+  const baseName = deriveMachineName(given.machine, given.directory ?? given.image);
+  const settings = loadSettings({ machineName: baseName, rootPath: given.directory ?? given.image, mode: cl.settings });
   if (settings) {
     for (const w of settings.warnings) say(cl.quiet, `mctl-nspawn: ${w}`);
     if (settings.unsupported.length) say(cl.quiet, `mctl-nspawn: ${settings.path}: not supported, ignored: ${settings.unsupported.join(', ')}`);
@@ -85,9 +90,23 @@ runMain('mctl-nspawn', async () => {
   const o = mergeSettings(given, settings, cl.settings);
   checkConflicts(o);
 
-  const { root } = prepareDirectory(o);
+  // --image: lock, dissect and mount it privately; from here on its root is checked and used like -D.
+  const image = o.image !== undefined && imageMod ? imageMod.prepareImageRoot(o.image, { readOnly: o.readOnly === true, ephemeral: o.ephemeral === true }) : undefined;
+  let root: string;
+  try {
+    root = prepareDirectory(image ? { ...o, directory: image.root, template: undefined } : o).root;
+  } catch (err) {
+    image?.release();
+    throw err;
+  }
   const machineName = o.machine ?? (o.ephemeral ? ephemeralName(baseName) : baseName);
   const plan = planRoot(o, root);
+  if (image) {
+    plan.readOnlyRoot = image.readOnly;
+    plan.treeWritable = plan.rootLayer === 'plain' && !image.readOnly;
+    plan.mounts.unshift(...image.mounts);
+    plan.cleanup.unshift(() => image.release());
+  }
   try {
     const privateNetwork = false;
     const uuid = chooseMachineId(o.uuid, root);
@@ -143,6 +162,13 @@ runMain('mctl-nspawn', async () => {
         hooks.afterNamespaces = [(leader) => registration.start(leader)];
         hooks.onAbort = [() => registration.stop()];
       }
+    }
+    if (image && imageMod) {
+      // Always take the hook path for images: the host-side mounts are detached and the image
+      // lock handed to the supervisor once the container's namespace exists.
+      const ih = imageMod.imageLaunchHooks(image);
+      hooks.afterNamespaces = [...(hooks.afterNamespaces ?? []), ...(ih.afterNamespaces ?? [])];
+      hooks.onAbort = [...(ih.onAbort ?? []), ...(hooks.onAbort ?? [])];
     }
     const { launch } = await import('./launch.js');
     await launch(spec, hooks);
