@@ -3,7 +3,11 @@
 // once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
 // src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
 import { UserError } from '../common/errors.js';
-import { isValidIfname, isValidZoneName, parsePortForward, assertNoDuplicatePorts, setupMachineNetwork, spawnCollector, collect, type PortForward, type VethExtra, type MachineNetwork } from '../net/index.js';
+// Only the light parsers are loaded up front; the machinery is imported when a container needs it.
+import { isValidIfname } from '../net/ip.js';
+import { isValidZoneName } from '../net/names.js';
+import { parsePortForward, assertNoDuplicatePorts, type PortForward } from '../net/ports.js';
+import type { VethExtra, MachineNetwork } from '../net/machine.js';
 import { parsePrivateUsers, parseOwnership, type PrivateUsers, type Ownership } from './userns.js';
 
 /** Network settings as given (undefined = not given, for the .nspawn merge: nspawn treats them as one group). */
@@ -192,6 +196,7 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
   return {
     async afterNamespaces(leaderPid: number) {
       if (!needsHostSetup(plan)) return;
+      const { setupMachineNetwork } = await import('../net/machine.js');
       net = await setupMachineNetwork({
         machine,
         leaderPid,
@@ -217,7 +222,10 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
 }
 
 /** For the service: remove what a killed launcher of MACHINE left behind. */
-export { collect as collectMachineNetwork };
+export async function collectMachineNetwork(machine: string): Promise<'collected' | 'running' | 'absent'> {
+  const { collect } = await import('../net/machine.js');
+  return collect(machine);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Launcher glue: one call from main.ts turns the settings into namespace flags, the root to
@@ -305,6 +313,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
         await runtime.afterNamespaces(pid);
         const net = runtime.network();
         if (net) {
+          const { spawnCollector } = await import('../net/machine.js');
           spawnCollector(input.machineName);
           keep.push(() => void net.lock.keepAcrossExec());
         }

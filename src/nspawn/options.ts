@@ -6,6 +6,7 @@ import { UserError } from '../common/errors.js';
 import { isValidHostname } from '../common/names.js';
 import { parseSignal } from './signals.js';
 import { CAPABILITY_NAMES, capabilityNumber } from './capabilities.js';
+import { NETWORK_OPTIONS, NETWORK_HELP, type NetworkSettings as NetworkOptionSettings, type UsernsSettings } from './network.js';
 import { readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 
@@ -77,6 +78,10 @@ export interface ContainerOptions {
   mounts?: CustomMount[];
   console?: ConsoleMode;
   credentials?: Credential[];
+  /** Network options (one group, as nspawn merges them with .nspawn files); see network.ts. */
+  network?: NetworkOptionSettings;
+  /** --private-users*, -U; see network.ts and userns.ts. */
+  userns?: UsernsSettings;
 }
 
 export interface CommandLine {
@@ -461,6 +466,21 @@ export const OPTIONS: OptionDef[] = [
   { long: 'pipe', short: 'P', arg: 'none', apply: (cl) => void (cl.options.console = 'pipe') },
   { long: 'set-credential', arg: 'required', apply: (cl, v) => void (cl.options.credentials = addCredential(cl.options.credentials ?? [], parseSetCredential(v!))) },
   { long: 'load-credential', arg: 'required', apply: (cl, v) => void (cl.options.credentials = addCredential(cl.options.credentials ?? [], parseLoadCredential(v!))) },
+  // Networking and user namespaces (owned by the net part, src/nspawn/network.ts).
+  ...NETWORK_OPTIONS.map(
+    (d): OptionDef => ({
+      long: d.long,
+      ...(d.short ? { short: d.short } : {}),
+      arg: d.arg,
+      apply: (cl, v) => {
+        const net = { ...cl.options.network };
+        const users = { ...cl.options.userns };
+        d.apply(net, users, v);
+        if (Object.keys(net).length) cl.options.network = net;
+        if (Object.keys(users).length) cl.options.userns = users;
+      },
+    }),
+  ),
 ];
 
 function nonEmpty(v: string): string {
@@ -617,7 +637,7 @@ Mounts:
                             Overlay mount from host directories
      --overlay-ro=LOWER[:LOWER...]:DST
                             Read-only overlay mount
-
+${NETWORK_HELP}
 Input/Output:
      --console=MODE         interactive, read-only, passive, pipe, autopipe
   -P --pipe                 Same as --console=pipe

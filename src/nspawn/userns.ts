@@ -11,7 +11,8 @@ import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, mkdirSync, rmd
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { UserError } from '../common/errors.js';
-import { siphash24, hexKey, LockFile } from '../net/index.js';
+import { siphash24, hexKey } from '../net/siphash.js';
+import { LockFile } from '../net/lockfile.js';
 import { userIdExists, groupIdExists, lgetxattr, lsetxattr, openTree, moveMount, mountSetattr, umount2, mount, OPEN_TREE, AT, MOUNT_ATTR, MNT, MS } from '../sys/libc.js';
 
 export const UID_RANGE = 0x10000;
