@@ -17,6 +17,8 @@ export interface Machine {
   service: string;
   class: MachineClass;
   leader: number;
+  /** /proc/PID/stat start time of the leader, to tell it from a later process with its PID. */
+  leaderStartTime: string;
   rootDirectory: string;
   netifs: number[];
   /** The unit holding the machine's processes (machine-NAME.scope, or the adopted unit). */

@@ -67,6 +67,7 @@ export class Registry {
       service: '',
       class: 'host',
       leader: 1,
+      leaderStartTime: '',
       rootDirectory: '/',
       netifs: [],
       unit: '-.slice',
@@ -134,6 +135,7 @@ export class Registry {
       service: p.service,
       class: klass,
       leader: p.leader,
+      leaderStartTime: processStartTime(p.leader) ?? '',
       rootDirectory: p.rootDirectory,
       netifs: [...p.netifs],
       unit: '',
@@ -312,7 +314,9 @@ export class Registry {
 
   /** Is the process with the leader's PID still the machine's leader (same cgroup/start time)? */
   private leaderIsTheSame(m: Machine): boolean {
-    if (processStartTime(m.leader) === undefined) return false;
+    const start = processStartTime(m.leader);
+    if (start === undefined) return false;
+    if (m.leaderStartTime && start !== m.leaderStartTime) return false;
     if (!m.cgroup) return true;
     const cgroup = pidCgroup(m.leader);
     return cgroup !== undefined && (cgroup === m.cgroup || cgroup.startsWith(`${m.cgroup}/`));

@@ -67,6 +67,7 @@ export function serializeMachine(m: Machine): string {
   // Our additions (systemd ignores unknown keys): the cgroup path and whether we created it.
   if (m.cgroup) lines.push(`CGROUP=${cEscape(m.cgroup)}`);
   if (m.ownsScope) lines.push('OWNS_SCOPE=1');
+  if (m.leaderStartTime) lines.push(`LEADER_STARTTIME=${m.leaderStartTime}`);
   return lines.join('\n') + '\n';
 }
 
@@ -93,6 +94,7 @@ export function parseMachine(fileName: string, text: string): Machine | undefine
     service: kv.get('SERVICE') ?? '',
     class: klass,
     leader: Number.isInteger(leader) && leader > 0 ? leader : 0,
+    leaderStartTime: /^\d+$/.test(kv.get('LEADER_STARTTIME') ?? '') ? (kv.get('LEADER_STARTTIME') as string) : '',
     rootDirectory: kv.get('ROOT') ?? '',
     netifs: (kv.get('NETIF') ?? '').split(/\s+/).filter(Boolean).map(Number).filter((n) => Number.isInteger(n) && n > 0),
     unit: kv.get('SCOPE') ?? '',

@@ -2,7 +2,7 @@
 // machine.slice/machine-NAME.scope itself in every tracking hierarchy (cgroup2, or the hybrid
 // name=systemd + cgroup2 pair), moves the leader in, and notices the end of a machine through
 // cgroup.events ("populated 0", inotify) and the leader's pidfd.
-import { readdirSync, watch as fsWatch, type FSWatcher } from 'node:fs';
+import { readFileSync, readdirSync, watch as fsWatch, type FSWatcher } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import {
   attachProcess,
@@ -56,6 +56,8 @@ export class CgroupfsBackend implements ScopeBackend {
   private readonly watched = new Map<string, Watched>();
   /** KillSignal= given in CreateMachine's scope properties, per machine. */
   private readonly killSignals = new Map<string, number>();
+  /** Machines whose leader's pidfd reported its exit. */
+  private readonly exited = new Set<string>();
 
   constructor(private readonly onChange: ChangeListener) {}
 
@@ -122,7 +124,13 @@ export class CgroupfsBackend implements ScopeBackend {
         // the cgroup vanished before we looked: GC will find it empty
       }
     }
-    if (m.leader > 1 && !this.leaders.watch(m.leader, () => this.onChange(m))) {
+    this.exited.delete(m.name);
+    const onExit = (): void => {
+      this.exited.add(m.name);
+      this.onChange(m);
+    };
+    if (m.leader > 1 && !this.leaders.watch(m.leader, onExit)) {
+      this.exited.add(m.name);
       // Leader already dead: let GC decide right away.
       queueMicrotask(() => this.onChange(m));
     }
@@ -139,7 +147,11 @@ export class CgroupfsBackend implements ScopeBackend {
 
   async isActive(m: Machine): Promise<boolean> {
     if (m.cgroup) return cgroupPopulated(m.cgroup);
-    return m.leader > 1 && this.leaders.isWatched(m.leader);
+    if (m.leader <= 1) return false;
+    if (this.leaders.isWatched(m.leader)) return true;
+    // Not watched (any more): alive if the PID still runs (a zombie does not count); the
+    // registry has already checked at reload that it is the same process (start time).
+    return !this.exited.has(m.name) && processRunning(m.leader);
   }
 
   async stop(m: Machine): Promise<void> {
@@ -169,6 +181,7 @@ export class CgroupfsBackend implements ScopeBackend {
   async release(m: Machine): Promise<void> {
     this.unwatch(m);
     this.killSignals.delete(m.name);
+    this.exited.delete(m.name);
     // Only the scopes we created are ours to remove, and only once nothing lives there.
     if (m.ownsScope && m.cgroup && !cgroupPopulated(m.cgroup)) {
       try {
@@ -210,6 +223,17 @@ export class CgroupfsBackend implements ScopeBackend {
     }
     this.watched.clear();
     this.leaders.close();
+  }
+}
+
+/** Whether PID exists and is not a zombie (state Z/X in /proc/PID/stat). */
+function processRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
   }
 }
 
