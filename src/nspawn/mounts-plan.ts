@@ -107,7 +107,10 @@ export function planCustomMounts(mounts: readonly CustomMount[], root: string, c
       case 'overlay': {
         // Given bottom-most first; overlayfs wants the top-most first.
         const lowerDirs = m.lower.map((l) => hostPath(l, root, '--overlay')).reverse();
-        if (m.readOnly || (m.upper === null && lowerDirs.length === 0)) {
+        if (m.readOnly && lowerDirs.length === 1) {
+          // overlayfs refuses a single lower layer without an upper; that is a read-only bind.
+          ops.push({ kind: 'bind', source: lowerDirs[0]!, destination: m.destination, readOnly: true, recursive: false });
+        } else if (m.readOnly) {
           ops.push({ kind: 'overlay', destination: m.destination, lowerDirs, upperDir: null, workDir: null });
         } else if (m.upper === null) {
           ops.push({ kind: 'overlay', destination: m.destination, lowerDirs, upperDir: null, workDir: null, temporaryUpper: true });

@@ -75,6 +75,8 @@ test('custom mounts become spec mount ops in order', () => {
     { kind: 'overlay', destination: '/ot', lowerDirs: [src], upperDir: null, workDir: null, temporaryUpper: true },
   ]);
   assert.throws(() => planRoot(opts(`--bind=${join(dir, 'absent')}:/x`), root), /--bind: .*absent does not exist/);
+  // overlayfs needs two lower layers without an upper: one read-only lower is a read-only bind.
+  assert.deepEqual(planRoot(opts(`--overlay-ro=${src}:/one`), root).mounts, [{ kind: 'bind', source: src, destination: '/one', readOnly: true, recursive: false }]);
 });
 
 test('overlay with an upper gets a reusable work dir next to it, removed by cleanup', () => {
