@@ -46,6 +46,17 @@ export function unitCgroupFromLeader(leader: number, unit: string): string | und
   return i > 0 ? parts.slice(0, i + 1).join('/') : path;
 }
 
+/**
+ * Without a unit name: the leader's cgroup minus the layers a container init creates below its
+ * delegated cgroup (nspawn's "payload", the guest systemd's "init.scope").
+ */
+export function containerCgroupFromLeader(leader: number): string | undefined {
+  let path = cgroupOfPid(leader);
+  if (!path) return undefined;
+  for (const layer of ['/init.scope', '/payload']) if (path.endsWith(layer)) path = path.slice(0, -layer.length);
+  return path || '/';
+}
+
 function commandLine(pid: number): string {
   try {
     const raw = readFileSync(`/proc/${pid}/cmdline`);

@@ -33,6 +33,16 @@ function containerSystemdRun(leader: number): string | undefined {
   return undefined;
 }
 
+/**
+ * The environment nsenter starts with: none of ours (a host DBUS_SYSTEM_BUS_ADDRESS or
+ * XDG_RUNTIME_DIR would send the container's systemd-run to the wrong bus), just a PATH.
+ */
+export function containerEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' };
+  if (process.env['TERM']) env['TERM'] = process.env['TERM'];
+  return env;
+}
+
 export function canExecDirect(leader: number): boolean {
   return process.getuid?.() === 0 && leader > 1 && existsSync(`/proc/${leader}/ns/mnt`) && process.env['MCTL_SHELL_VIA'] !== 'bus';
 }
@@ -61,7 +71,7 @@ export async function execDirect(req: ExecRequest): Promise<number> {
     inner = ['/usr/bin/env', '-i', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'USER=root', 'LOGNAME=root', ...req.env, ...req.command];
   }
   // --all joins every namespace of the leader, the user namespace included (uid 0 inside).
-  const child = spawn('nsenter', ['--target', String(req.leader), '--all', '--wd=/', '--', ...inner], { stdio: 'inherit' });
+  const child = spawn('nsenter', ['--target', String(req.leader), '--all', '--wd=/', '--', ...inner], { stdio: 'inherit', env: containerEnv() });
   // Signals for the foreground job reach nsenter too (same process group); don't die first.
   const ignore = (): void => undefined;
   process.on('SIGINT', ignore);

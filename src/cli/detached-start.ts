@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
+import { containerEnv } from './container-exec.js';
 
 /** The launcher options of units/container@.service, in the same order (keep them in sync). */
 export const UNIT_NSPAWN_ARGS = ['--quiet', '--keep-unit', '--boot', '--link-journal=try-guest', '--network-veth', '-U', '--settings=override'] as const;
@@ -91,7 +92,7 @@ export function waitBooted(leader: number, timeoutSec: number): string | undefin
   const deadline = Date.now() + timeoutSec * 1000;
   let said = '';
   while (Date.now() < deadline) {
-    const r = spawnSync('nsenter', ['--target', String(leader), '--all', '--', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: Math.max(1000, deadline - Date.now()) });
+    const r = spawnSync('nsenter', ['--target', String(leader), '--all', '--', 'systemctl', 'is-system-running', '--wait'], { env: containerEnv(), encoding: 'utf8', timeout: Math.max(1000, deadline - Date.now()) });
     said = (r.stdout ?? '').trim();
     if (['running', 'degraded', 'maintenance', 'stopping'].includes(said)) return said;
     if (!existsSync(`/proc/${leader}`)) return 'gone';

@@ -2,7 +2,7 @@
 // property printing, and the unit file's launcher options.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import dbus from 'dbus-next';
 import { formatBytes, parseSize, formatAddress, parseSignal, parseBoolean, formatRelative, UINT64_MAX } from '../../src/cli/format.js';
 import { preprocessArgv } from '../../src/cli/argv.js';
@@ -145,7 +145,9 @@ test('units/container@.service runs the launcher with what --help supports of sy
   const stock = [...UNIT_NSPAWN_ARGS];
   assert.deepEqual(args.slice(0, -1), stock.filter((a) => args.includes(a)));
   // The options it leaves out are exactly the ones the launcher does not list yet.
-  const help = readFileSync(new URL('../../src/nspawn/options.ts', import.meta.url), 'utf8');
+  // The launcher's --help text is assembled from several source files of src/nspawn.
+  const dir = new URL('../../src/nspawn/', import.meta.url);
+  const help = readdirSync(dir).filter((f) => f.endsWith('.ts')).map((f) => readFileSync(new URL(f, dir), 'utf8')).join('\n');
   const { missing } = detachedArgs(help);
   assert.deepEqual(stock.filter((a) => !args.includes(a)), missing, 'update ExecStart= now that the launcher supports these options');
   for (const key of ['Type=notify', 'KillMode=mixed', 'Slice=machine.slice', 'Delegate=yes', 'RestartForceExitStatus=133', 'DevicePolicy=closed', 'WantedBy=machines.target']) {

@@ -7,7 +7,7 @@ import { Machine1, MACHINE_IFACE, type Address, type PropertyMap } from '../mach
 import { Systemd1 } from '../systemd1.js';
 import { formatAddress, formatRelative, formatTimestamp } from '../format.js';
 import { isJson, printJson, renderFields, renderTable } from '../output.js';
-import { cgroupTreeLines, unitCgroupFromLeader } from '../cgroup-tree.js';
+import { cgroupTreeLines, containerCgroupFromLeader, unitCgroupFromLeader } from '../cgroup-tree.js';
 import { propertiesJson, renderProperties } from '../properties.js';
 import { withSession, machineName, stringList, type Args } from '../run.js';
 import type { Session } from '../session.js';
@@ -134,6 +134,7 @@ export async function machineStatus(s: Session, m1: Machine1, name: string): Pro
   const leader = val(props, 'Leader', 0);
   let cgroup: string | undefined;
   if (unit) cgroup = (await new Systemd1(s).controlGroup(unit)) ?? (leader ? unitCgroupFromLeader(leader, unit) : undefined);
+  else if (leader) cgroup = containerCgroupFromLeader(leader);
   return {
     name: val(props, 'Name', name),
     id: Buffer.from(val<Buffer | number[]>(props, 'Id', [])).toString('hex'),
@@ -165,11 +166,11 @@ function renderStatus(st: MachineStatus, s: Session, full: boolean): string {
   const pretty = st.os['PRETTY_NAME'] ?? st.os['NAME'];
   if (pretty) fields.push(['OS', pretty]);
   if (st.uidShift !== null) fields.push(['UID Shift', String(st.uidShift)]);
-  if (st.unit) {
-    const width = full || !process.stdout.isTTY ? Infinity : Math.max(40, (process.stdout.columns ?? 80) - 18);
-    const tree = st.cgroup ? cgroupTreeLines(st.cgroup, width) : [];
-    fields.push(['Unit', [st.unit, ...tree].join('\n')]);
-  }
+  const width = full || !process.stdout.isTTY ? Infinity : Math.max(40, (process.stdout.columns ?? 80) - 18);
+  const tree = st.cgroup ? cgroupTreeLines(st.cgroup, width) : [];
+  // A machine registered without a unit (no systemd) still has a control group to show.
+  if (st.unit) fields.push(['Unit', [st.unit, ...tree].join('\n')]);
+  else if (st.cgroup) fields.push(['CGroup', [st.cgroup, ...tree].join('\n')]);
   return `${p.bold(st.name)}${st.id ? `(${st.id})` : ''}\n${renderFields(fields, p)}`;
 }
 

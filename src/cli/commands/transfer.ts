@@ -41,6 +41,11 @@ async function cancellable<T>(run: (signal: AbortSignal) => Promise<T>): Promise
   }
 }
 
+/** yargs turns a lone "-" positional into ""; give it back its meaning (stdin/stdout, download only). */
+function dash(value: string | undefined): string | undefined {
+  return value === '' && process.argv.includes('-') ? '-' : value;
+}
+
 function say(argv: CommonArgs, line: string): void {
   if (!argv.quiet) process.stderr.write(`${line}\n`);
 }
@@ -69,7 +74,10 @@ function pullCommand(kind: ImageKind): CommandModule<object, PullArgs> {
       ) as unknown as Argv<PullArgs>,
     handler: async (argv) => {
       const result = await cancellable((signal) =>
-        pull({ url: argv.url, kind, name: argv.name, verify: parseVerifyMode(argv.verify), force: argv.force, readOnly: argv['read-only'], signal, log: (l) => say(argv, l) }),
+        pull({ url: argv.url, kind, name: dash(argv.name), verify: parseVerifyMode(argv.verify), force: argv.force, readOnly: argv['read-only'], signal, log: (l) => {
+            if (process.stderr.isTTY) say(argv, l); // details only for people watching; logs get the result line
+          },
+        }),
       );
       if (result.name === null) say(argv, `Downloaded and verified ${mib(result.bytes)} (sha256 ${result.sha256}); nothing kept.`);
       else say(argv, `Pulled image '${result.name}' (${mib(result.bytes)}, ${result.compression}) into ${result.path}.`);
@@ -88,7 +96,7 @@ function importCommand(kind: ImageKind): CommandModule<object, ImportArgs> {
           .positional('name', { type: 'string', describe: 'Local image name (default: from FILE; required for "-")' }),
       ) as unknown as Argv<ImportArgs>,
     handler: async (argv) => {
-      const result = await cancellable((signal) => importImage({ file: argv.file, kind, name: argv.name, force: argv.force, readOnly: argv['read-only'], signal }));
+      const result = await cancellable((signal) => importImage({ file: dash(argv.file) ?? '-', kind, name: argv.name, force: argv.force, readOnly: argv['read-only'], signal }));
       say(argv, `Imported image '${result.name}' (${mib(result.bytes)}, ${result.compression}) into ${result.path}.`);
     },
   };
@@ -119,8 +127,8 @@ function exportCommand(kind: ImageKind): CommandModule<object, ExportArgs> {
         .positional('file', { type: 'string', describe: 'Destination (.xz/.gz/.zst/.bz2 selects compression); "-" or none = standard output' })
         .option('format', { type: 'string', choices: ['uncompressed', 'xz', 'gzip', 'zstd', 'bzip2'], describe: 'Compression, overriding the file suffix' }) as unknown as Argv<ExportArgs>,
     handler: async (argv) => {
-      const file = argv.file ?? '-';
-      if (file === '' ) throw new UserError('empty file name');
+      const file = dash(argv.file) ?? '-';
+      if (file === '') throw new UserError('empty file name');
       const result = await cancellable((signal) => exportImage({ name: argv.name, kind, file, format: argv.format === undefined ? undefined : parseFormat(argv.format), signal }));
       if (file !== '-') say(argv, `Exported image '${argv.name}' (${mib(result.bytes)} before ${result.compression} compression) to ${file}.`);
     },
