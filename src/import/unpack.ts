@@ -86,7 +86,8 @@ async function explain(err: unknown, signal: AbortSignal, decoder: Stage, sink: 
   if (err instanceof TarSafetyError && !isTruncation(err)) return err;
   if (err instanceof UserError && !(err instanceof TarSafetyError)) return err; // download lost, …
   const dec = await settle(decoder.finished, 2000);
-  if (dec instanceof Error) return dec;
+  if (dec instanceof Error) return dec; // corrupt/truncated compressed data explains the rest
+  if (err instanceof TarSafetyError) return err; // truncation: tar's "Unexpected EOF" follows from it
   if (sink) {
     const t = await settle(sink.finished, 2000);
     if (t instanceof Error) return t;
