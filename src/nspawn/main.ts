@@ -79,12 +79,13 @@ runMain('mctl-nspawn', async () => {
   if (settings) {
     for (const w of settings.warnings) say(cl.quiet, `mctl-nspawn: ${w}`);
     if (settings.unsupported.length) say(cl.quiet, `mctl-nspawn: ${settings.path}: not supported, ignored: ${settings.unsupported.join(', ')}`);
-    const net = settings.network;
-    if (settings.trusted && Object.keys(net).length > 0) {
-      throw new UserError(`${settings.path}: [Network] settings are not supported by this build yet`);
-    }
-    if (settings.trusted && settings.userNamespace.privateUsers !== undefined && !/^(no|false|0|off)$/i.test(settings.userNamespace.privateUsers)) {
-      throw new UserError(`${settings.path}: PrivateUsers= is not supported by this build yet`);
+    if (settings.trusted) {
+      // Network and user-namespace keys are groups, as in nspawn: the command line wins unless override.
+      const { networkFromFile, usernsFromFile } = await import('./network.js');
+      const fileNet = networkFromFile(settings.network);
+      const fileUsers = usernsFromFile(settings.userNamespace);
+      if (fileNet && (cl.settings === 'override' || given.network === undefined)) given.network = fileNet;
+      if (fileUsers && (cl.settings === 'override' || given.userns === undefined)) given.userns = fileUsers;
     }
   }
   const o = mergeSettings(given, settings, cl.settings);
@@ -107,20 +108,25 @@ runMain('mctl-nspawn', async () => {
     plan.mounts.unshift(...image.mounts);
     plan.cleanup.unshift(() => image.release());
   }
+  let netUsers: import('./network.js').NetUsernsSetup | undefined;
   try {
-    const privateNetwork = false;
+    const network = await import('./network.js');
+    const netPlan = network.resolveNetwork(o.network);
+    const privateNetwork = netPlan.privateNetwork;
     const uuid = chooseMachineId(o.uuid, root);
-    const ctx = { root, treeWritable: plan.treeWritable, privateNetwork };
+    // With mctl's own addressing + NAT the container reaches what the host reaches: resolv.conf as on the host.
+    const ctx = { root, treeWritable: plan.treeWritable, privateNetwork: privateNetwork && !(netPlan.veth && netPlan.auto && !netPlan.bridge) };
     // Host integration first, so the user's own mounts can still override these paths.
     const integration = [
       ...setupResolvConf(o.resolvConf ?? 'auto', ctx),
       ...setupTimezone(o.timezone ?? 'auto', ctx),
       ...setupLinkJournal(o.linkJournal ?? 'auto', readTreeMachineId(root), ctx),
     ];
+    netUsers = await network.prepareNetworkAndUserns({ machineName, root, network: o.network, userns: o.userns, treeWritable: plan.treeWritable });
     const startMode = o.startMode ?? 'pid1';
     const credentials = o.credentials ?? [];
     const spec: ContainerSpec = {
-      root,
+      root: netUsers.root,
       readOnlyRoot: plan.readOnlyRoot,
       rootLayer: plan.rootLayer,
       machineName,
@@ -136,7 +142,7 @@ runMain('mctl-nspawn', async () => {
       },
       console: resolveConsole(o.console),
       killSignal: o.killSignal ?? (startMode === 'boot' ? SIGRTMIN + 3 : SIGKILL),
-      namespaces: { privateNetwork, userNamespace: null },
+      namespaces: { privateNetwork, userNamespace: netUsers.userNamespace },
       mounts: [...integration, ...plan.mounts],
       capabilities: { bounding: boundingSet(o, privateNetwork), ambient: [] },
       noNewPrivileges: o.noNewPrivileges ?? false,
@@ -154,7 +160,10 @@ runMain('mctl-nspawn', async () => {
     const hooks: import('./launch.js').LaunchHooks = {};
     if (registrationPlan(registerMode, keepUnit) !== 'nothing') {
       const registration = new Registration(registerMode, keepUnit, {
-        machineName, uuid, rootDirectory: root, netifIndices: [], slice: o.slice, killSignal: o.killSignal,
+        machineName, uuid, rootDirectory: root, netifIndices: [], slice: o.slice,
+        // Always, unlike nspawn (which only passes --kill-signal): we cannot be the scope's
+        // Controller answering RequestStop, so the service must know how to stop PID 1 itself.
+        killSignal: spec.killSignal,
         properties: o.properties ?? [], mounts: spec.mounts,
       });
       // Skip the slower hook path of the launcher when there is plainly no bus to talk to.
@@ -170,9 +179,15 @@ runMain('mctl-nspawn', async () => {
       hooks.afterNamespaces = [...(hooks.afterNamespaces ?? []), ...(ih.afterNamespaces ?? [])];
       hooks.onAbort = [...(ih.onAbort ?? []), ...(hooks.onAbort ?? [])];
     }
+    if (netUsers.afterNamespaces.length > 0) {
+      // Network links first (registration can then name them), lock hand-over last.
+      hooks.afterNamespaces = [...netUsers.afterNamespaces.slice(0, -1), ...(hooks.afterNamespaces ?? []), ...netUsers.afterNamespaces.slice(-1)];
+      hooks.onAbort = [...netUsers.onAbort, ...(hooks.onAbort ?? [])];
+    }
     const { launch } = await import('./launch.js');
     await launch(spec, hooks);
   } catch (err) {
+    await netUsers?.cleanup();
     for (const undo of plan.cleanup.reverse()) undo();
     throw err;
   }
