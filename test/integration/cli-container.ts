@@ -222,3 +222,60 @@ export function mctl(service: Service | { env: NodeJS.ProcessEnv }, args: string
 }
 
 export { dbus };
+
+/** A command on a real PTY (util-linux `script`), driven by what it prints. */
+export interface PtySession {
+  output(): string;
+  send(text: string): void;
+  waitFor(re: RegExp, ms?: number): Promise<string>;
+  exit: Promise<number | null>;
+  kill(): void;
+}
+
+export function ptySpawn(command: string[], env: NodeJS.ProcessEnv): PtySession {
+  const quoted = command.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const child = spawn('script', ['-q', '-e', '-c', quoted, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...env, TERM: 'dumb' } });
+  let out = '';
+  let from = 0;
+  const waiters: (() => void)[] = [];
+  const wakeAll = (): void => {
+    for (const w of waiters.splice(0)) w();
+  };
+  const onData = (c: Buffer): void => {
+    out += c.toString('utf8');
+    wakeAll();
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const exit = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      wakeAll();
+      resolve(code);
+    }),
+  );
+  return {
+    output: () => out,
+    send: (text) => void child.stdin.write(text),
+    kill: () => {
+      if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
+    },
+    exit,
+    waitFor(re, ms = 30_000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${re}; output: ${JSON.stringify(out.slice(-600))}`)), ms);
+        const check = (): void => {
+          const m = re.exec(out.slice(from));
+          if (m) {
+            from += m.index + m[0].length;
+            clearTimeout(timer);
+            resolve(m[0]);
+          } else if (child.exitCode !== null) {
+            clearTimeout(timer);
+            reject(new Error(`exited while waiting for ${re}; output: ${JSON.stringify(out.slice(-600))}`));
+          } else waiters.push(check);
+        };
+        check();
+      });
+    },
+  };
+}

@@ -26,7 +26,7 @@ const listImages: CommandModule<GlobalArgs, Args<ListImagesArgs>> = {
       const images = (await new Machine1(s).listImages()).filter((i) => argv.all || !i.name.startsWith('.')).sort((a, b) => a.name.localeCompare(b.name));
       if (isJson(argv.output)) {
         return printJson(
-          images.map((i) => ({ name: i.name, type: i.type, ro: i.readOnly, usage: i.usage === UINT64_MAX ? null : Number(i.usage), created: num(i.crtime), modified: num(i.mtime), path: i.path })),
+          images.map((i) => ({ name: i.name, type: i.type, ro: i.readOnly, usage: i.usage === UINT64_MAX ? null : Number(i.usage), created: num(i.crtime), modified: num(i.mtime) })),
           argv.output,
         );
       }
