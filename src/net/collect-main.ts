@@ -1,6 +1,6 @@
 // `node collect-main.js MACHINE`: remove what MACHINE's launcher set up once that launcher is
-// gone. Started by the launcher as `flock -x -o MACHINE.lock node collect-main.js MACHINE`, so
-// it runs the moment the supervisor ends, also when it was SIGKILLed.
+// gone. Started by the launcher behind `flock -x MACHINE.lock true`, so it runs the moment the
+// supervisor ends, also when it was SIGKILLed.
 import { runMain, UserError } from '../common/errors.js';
 import { collect } from './machine.js';
 

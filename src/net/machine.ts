@@ -386,15 +386,16 @@ export function machineAddresses(machine: string, cfg: NetConfig = netConfig()):
 export { isLockFree };
 
 /**
- * Start the watcher that cleans up after this machine's launcher: a detached `flock(1)` waiting
- * for the machine lock (held by the launcher, later by the native supervisor it execs into),
- * which then runs collect(). Costs one sleeping flock process (~1 MiB), no Node until the end.
+ * Start the watcher that cleans up after this machine's launcher: a detached `sh` + `flock(1)`
+ * waiting for the machine lock (held by the launcher, later by the native supervisor it execs
+ * into), which then runs collect(). Costs two sleeping tiny processes, no Node until the end.
  * Call after setupMachineNetwork() and before the lock fd is made inheritable.
  */
 export function spawnCollector(machine: string, cfg: NetConfig = netConfig()): number {
   const script = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './collect-main.ts' : './collect-main.js', import.meta.url));
   const node = script.endsWith('.ts') ? [process.execPath, '--import', 'tsx', script] : [process.execPath, script];
-  const child = spawn('flock', ['-x', '-o', lockPath(cfg, machine), ...node, machine], {
+  // flock(1) keeps holding the lock while its command runs, so wait with `true` and only then collect.
+  const child = spawn('sh', ['-c', 'flock -x "$0" true; exec "$@"', lockPath(cfg, machine), ...node, machine], {
     detached: true,
     stdio: 'ignore',
     env: { ...process.env, MCTL_NET_STATE_DIR: cfg.stateDir, MCTL_NET_TABLE: cfg.table },

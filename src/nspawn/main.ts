@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { runMain, UserError } from '../common/errors.js';
-import { parseCommandLine, checkConflicts, HELP, type ContainerOptions, type ConsoleMode as OptionConsoleMode } from './options.js';
+import { parseCommandLine, checkConflicts, helpText, mentionsNetworkOption, type ContainerOptions, type ConsoleMode as OptionConsoleMode } from './options.js';
 import { loadSettings, mergeSettings } from './settings.js';
 import { deriveMachineName, ephemeralName, chooseMachineId, readTreeMachineId } from './machine-id.js';
 import { prepareDirectory, planRoot } from './mounts-plan.js';
@@ -54,9 +54,14 @@ function boundingSet(o: ContainerOptions, privateNetwork: boolean): number[] {
 }
 
 runMain('mctl-nspawn', async () => {
-  const cl = parseCommandLine(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  // The networking code is loaded only when an option (or --help) may need it: it costs more
+  // than the rest of the front end together.
+  const wantsHelp = argv.includes('--help') || argv.includes('-h');
+  const networkModule = wantsHelp || mentionsNetworkOption(argv) ? await import('./network.js') : undefined;
+  const cl = parseCommandLine(argv, networkModule?.NETWORK_OPTIONS ?? []);
   if (cl.action === 'help') {
-    process.stdout.write(HELP);
+    process.stdout.write(helpText((networkModule ?? (await import('./network.js'))).NETWORK_HELP));
     return 0;
   }
   if (cl.action === 'version') {
@@ -110,19 +115,22 @@ runMain('mctl-nspawn', async () => {
   }
   let netUsers: import('./network.js').NetUsernsSetup | undefined;
   try {
-    const network = await import('./network.js');
-    const netPlan = network.resolveNetwork(o.network);
-    const privateNetwork = netPlan.privateNetwork;
+    // Without network or user-namespace settings there is nothing to set up: skip loading it all.
+    const network = o.network !== undefined || o.userns !== undefined ? await import('./network.js') : undefined;
+    const netPlan = network?.resolveNetwork(o.network);
+    const privateNetwork = netPlan?.privateNetwork ?? false;
     const uuid = chooseMachineId(o.uuid, root);
     // With mctl's own addressing + NAT the container reaches what the host reaches: resolv.conf as on the host.
-    const ctx = { root, treeWritable: plan.treeWritable, privateNetwork: privateNetwork && !(netPlan.veth && netPlan.auto && !netPlan.bridge) };
+    const ctx = { root, treeWritable: plan.treeWritable, privateNetwork: privateNetwork && !(netPlan?.veth && netPlan.auto && !netPlan.bridge) };
     // Host integration first, so the user's own mounts can still override these paths.
     const integration = [
       ...setupResolvConf(o.resolvConf ?? 'auto', ctx),
       ...setupTimezone(o.timezone ?? 'auto', ctx),
       ...setupLinkJournal(o.linkJournal ?? 'auto', readTreeMachineId(root), ctx),
     ];
-    netUsers = await network.prepareNetworkAndUserns({ machineName, root, network: o.network, userns: o.userns, treeWritable: plan.treeWritable });
+    netUsers = network
+      ? await network.prepareNetworkAndUserns({ machineName, root, network: o.network, userns: o.userns, treeWritable: plan.treeWritable })
+      : { privateNetwork: false, hostLikeConnectivity: false, userNamespace: null, root, afterNamespaces: [], onAbort: [], cleanup: async () => undefined };
     const startMode = o.startMode ?? 'pid1';
     const credentials = o.credentials ?? [];
     const spec: ContainerSpec = {

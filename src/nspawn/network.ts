@@ -2,6 +2,8 @@
 // [Network]/PrivateUsers keys), nspawn's conflict rules, and the hooks that set the network up
 // once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
 // src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
+import { lstatSync, lchownSync } from 'node:fs';
+import { join } from 'node:path';
 import { UserError } from '../common/errors.js';
 // Only the light parsers are loaded up front; the machinery is imported when a container needs it.
 import { isValidIfname } from '../net/ip.js';
@@ -254,9 +256,24 @@ export interface NetUsernsInput {
   treeWritable: boolean;
 }
 
+/** Mount points of idmapped roots (NAME.PID, PID = the launcher that becomes the supervisor). */
+const IDMAP_DIR = '/run/mctl-idmap'; // not under /run/mctl: that may be 0700, and the container's root must traverse it
+
+function shiftFiles(root: string, paths: readonly string[], shift: number): void {
+  for (const p of paths) {
+    const full = join(root, p);
+    try {
+      const st = lstatSync(full);
+      if (st.uid < 0x10000) lchownSync(full, (st.uid | shift) >>> 0, (st.gid | shift) >>> 0);
+    } catch {
+      /* not there */
+    }
+  }
+}
+
 export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<NetUsernsSetup> {
   const plan = resolveNetwork(input.network);
-  const { resolveUidRange, resolveOwnership, chownTree, makeUserns, mountIdmapped } = await import('./userns.js');
+  const { resolveUidRange, resolveOwnership, chownTree, makeUserns, mountIdmapped, sweepIdmapDirs } = await import('./userns.js');
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];
   const cleanup = async (): Promise<void> => {
@@ -291,11 +308,14 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       if (ownership === 'chown') {
         if (!input.treeWritable) throw new UserError('--private-users-ownership=chown needs a writable tree', { hint: 'use map, or --ephemeral' });
         chownTree(input.root, range.shift);
+        // Files the launcher (re)wrote into an already shifted tree this run (resolv.conf, localtime …).
+        shiftFiles(input.root, ['etc/resolv.conf', 'etc/localtime', 'etc/hostname', 'etc/machine-id'], range.shift);
       } else if (ownership === 'map') {
         const ns = await makeUserns(range.shift, range.range);
         let mapped;
         try {
-          mapped = mountIdmapped(input.root, `/run/mctl/nspawn/idmap/${input.machineName}.${process.pid}`, ns.fd);
+          sweepIdmapDirs(IDMAP_DIR);
+          mapped = mountIdmapped(input.root, `${IDMAP_DIR}/${input.machineName}.${process.pid}`, ns.fd);
         } finally {
           ns.close();
         }
@@ -303,7 +323,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
         undo.push(() => m.release());
         setup.root = m.path;
         // The container's mount namespace holds its own copy from now on; ours can go.
-        setup.afterNamespaces.push(async () => m.release());
+        setup.afterNamespaces.push(async () => m.release(false));
       }
     }
     if (needsHostSetup(plan)) {
@@ -320,12 +340,52 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       });
     }
     // Last hook: from here on the native supervisor (which this process execs into) holds the locks.
-    setup.afterNamespaces.push(async () => {
-      for (const k of keep) k();
-    });
+    if (setup.afterNamespaces.length > 0 || keep.length > 0) {
+      setup.afterNamespaces.push(async () => {
+        for (const k of keep) k();
+      });
+    }
     return setup;
   } catch (err) {
     await cleanup();
     throw err;
   }
+}
+
+/** [Network] keys of a .nspawn file (as settings.ts keeps them) in the command line's terms. */
+export interface NetworkFileKeys {
+  private?: boolean;
+  virtualEthernet?: boolean;
+  virtualEthernetExtra?: string[];
+  interface?: string[];
+  macvlan?: string[];
+  ipvlan?: string[];
+  bridge?: string;
+  zone?: string;
+  port?: string[];
+}
+
+export function networkFromFile(k: NetworkFileKeys): NetworkSettings | undefined {
+  if (Object.keys(k).length === 0) return undefined;
+  const n: NetworkSettings = {};
+  if (k.private !== undefined) n.privateNetwork = k.private;
+  if (k.virtualEthernet !== undefined) n.veth = k.virtualEthernet;
+  if (k.virtualEthernetExtra?.length) n.vethExtra = k.virtualEthernetExtra.map(parseVethExtra);
+  if (k.interface?.length) n.interfaces = k.interface.map((i) => ifname(i, 'Interface='));
+  if (k.macvlan?.length) n.macvlan = k.macvlan.map((i) => ifname(i, 'MACVLAN='));
+  if (k.ipvlan?.length) n.ipvlan = k.ipvlan.map((i) => ifname(i, 'IPVLAN='));
+  if (k.bridge) n.bridge = ifname(k.bridge, 'Bridge=');
+  if (k.zone) {
+    if (!isValidZoneName(k.zone)) throw new UserError(`invalid network zone name '${k.zone}'`);
+    n.zone = k.zone;
+  }
+  if (k.port?.length) n.ports = k.port.map(parsePortForward);
+  return n;
+}
+
+export function usernsFromFile(k: { privateUsers?: string; privateUsersOwnership?: string }): UsernsSettings | undefined {
+  const u: UsernsSettings = {};
+  if (k.privateUsers !== undefined) u.privateUsers = parsePrivateUsers(k.privateUsers);
+  if (k.privateUsersOwnership !== undefined) u.ownership = parseOwnership(k.privateUsersOwnership);
+  return Object.keys(u).length ? u : undefined;
 }

@@ -8,7 +8,7 @@
 // at its first and last ID.
 import { randomBytes } from 'node:crypto';
 import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, mkdirSync, rmdirSync, closeSync, openSync, constants } from 'node:fs';
-import { join } from 'node:path';
+import { join, dirname } from 'node:path';
 import { spawn } from 'node:child_process';
 import { UserError } from '../common/errors.js';
 import { siphash24, hexKey } from '../net/siphash.js';
@@ -264,8 +264,11 @@ export async function makeUserns(shift: number, range: number): Promise<Userns> 
 export interface IdmappedRoot {
   /** Where the idmapped view of the tree is mounted (use as the container's root). */
   path: string;
-  /** Detach and remove the mount point (safe once the container's mount namespace has its copy). */
-  release(): void;
+  /**
+   * Detach our copy (safe once the container's mount namespace has its own); removeDir=false
+   * keeps the empty mount point, which must stay while a container uses the mount.
+   */
+  release(removeDir?: boolean): void;
 }
 
 /**
@@ -274,7 +277,10 @@ export interface IdmappedRoot {
  * image on disk stays untouched. `usernsFd`: the container's /proc/PID/ns/user or makeUserns().
  */
 export function mountIdmapped(root: string, at: string, usernsFd: number): IdmappedRoot {
-  mkdirSync(at, { recursive: true, mode: 0o700 });
+  // Parents must be traversable by the container's (unprivileged on the host) root.
+  mkdirSync(dirname(at), { recursive: true, mode: 0o755 });
+  chmodSync(dirname(at), 0o755);
+  mkdirSync(at, { mode: 0o700 });
   const fd = openTree(root, OPEN_TREE.CLONE | OPEN_TREE.CLOEXEC | AT.RECURSIVE);
   try {
     mountSetattr(fd, AT.EMPTY_PATH | AT.RECURSIVE, { attrSet: MOUNT_ATTR.IDMAP, usernsFd });
@@ -298,12 +304,15 @@ export function mountIdmapped(root: string, at: string, usernsFd: number): Idmap
   }
   return {
     path: at,
-    release: () => {
+    release: (removeDir = true) => {
       try {
         umount2(at, MNT.DETACH);
       } catch {
         /* already gone */
       }
+      // rmdir of a mount point also detaches the mounts on it in OTHER namespaces (the
+      // container's root!), so while a container uses it the empty directory has to stay.
+      if (!removeDir) return;
       try {
         rmdirSync(at);
       } catch {
@@ -311,6 +320,31 @@ export function mountIdmapped(root: string, at: string, usernsFd: number): Idmap
       }
     },
   };
+}
+
+/** Remove the empty mount-point directories left by containers that are gone (named NAME.PID). */
+export function sweepIdmapDirs(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const pid = Number(/\.(\d+)$/.exec(n)?.[1]);
+    if (!pid) continue;
+    try {
+      process.kill(pid, 0);
+      continue; // its launcher/supervisor still runs
+    } catch {
+      /* dead */
+    }
+    try {
+      rmdirSync(join(dir, n)); // fails (and is left) if something is still mounted there
+    } catch {
+      /* keep */
+    }
+  }
 }
 
 /** auto = map when this filesystem supports idmapped mounts, else chown; a tree shifted before keeps chown. */
