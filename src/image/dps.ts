@@ -1,6 +1,6 @@
 // The Discoverable Partitions Specification (uapi-group.org/specifications/specs/
 // discoverable_partitions_specification): which GPT partition is what, and where it is mounted.
-import { createHmac } from 'node:crypto';
+import { createRequire } from 'node:module';
 import type { Partition, PartitionTable } from './gpt.js';
 import { DiskImageError } from './errors.js';
 
@@ -84,6 +84,8 @@ export interface Discovery {
  */
 export function expectedVarUuid(machineId: Buffer): string {
   // sd_id128_t is in string byte order (not the GPT's mixed-endian on-disk form).
+  // node:crypto is loaded only here: most images have no var partition, and every start pays for imports.
+  const { createHmac } = createRequire(import.meta.url)('node:crypto') as typeof import('node:crypto');
   const mac = createHmac('sha256', machineId).update(Buffer.from(DPS_TYPE.var.replace(/-/g, ''), 'hex')).digest().subarray(0, 16);
   mac[6] = ((mac[6] as number) & 0x0f) | 0x40;
   mac[8] = ((mac[8] as number) & 0x3f) | 0x80;
