@@ -6,7 +6,8 @@ import { UserError } from '../common/errors.js';
 import { isValidHostname } from '../common/names.js';
 import { parseSignal } from './signals.js';
 import { CAPABILITY_NAMES, capabilityNumber } from './capabilities.js';
-import { NETWORK_OPTIONS, NETWORK_HELP, type NetworkSettings as NetworkOptionSettings, type UsernsSettings } from './network.js';
+// network.ts pulls in the whole networking stack: only its types here; main.ts loads it when needed.
+import type { NetOptionDef, NetworkSettings as NetworkOptionSettings, UsernsSettings } from './network.js';
 import { readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 
@@ -466,8 +467,33 @@ export const OPTIONS: OptionDef[] = [
   { long: 'pipe', short: 'P', arg: 'none', apply: (cl) => void (cl.options.console = 'pipe') },
   { long: 'set-credential', arg: 'required', apply: (cl, v) => void (cl.options.credentials = addCredential(cl.options.credentials ?? [], parseSetCredential(v!))) },
   { long: 'load-credential', arg: 'required', apply: (cl, v) => void (cl.options.credentials = addCredential(cl.options.credentials ?? [], parseLoadCredential(v!))) },
-  // Networking and user namespaces (owned by the net part, src/nspawn/network.ts).
-  ...NETWORK_OPTIONS.map(
+];
+
+/**
+ * Long and short names of the networking and user-namespace options (defined in network.ts).
+ * Only their names live here, so that a plain start does not load the networking code;
+ * a unit test keeps this list in step with network.ts.
+ */
+export const NETWORK_OPTION_NAMES = {
+  long: [
+    'private-network', 'network-veth', 'network-veth-extra', 'network-bridge', 'network-zone', 'network-interface',
+    'network-macvlan', 'network-ipvlan', 'network-namespace-path', 'port', 'network-auto', 'private-users',
+    'private-users-ownership', 'private-users-chown',
+  ],
+  short: ['n', 'p', 'U'],
+};
+
+/** True when argv may use one of the network.ts options (a false positive only costs load time). */
+export function mentionsNetworkOption(argv: readonly string[]): boolean {
+  return argv.some((a) => {
+    if (a.startsWith('--')) return NETWORK_OPTION_NAMES.long.includes(a.slice(2).split('=')[0]!);
+    return /^-[A-Za-z]/.test(a) && NETWORK_OPTION_NAMES.short.some((c) => a.slice(1).includes(c));
+  });
+}
+
+/** Networking and user namespaces (owned by the net part, src/nspawn/network.ts) in our table's terms. */
+function networkOptionDefs(defs: readonly NetOptionDef[]): OptionDef[] {
+  return defs.map(
     (d): OptionDef => ({
       long: d.long,
       ...(d.short ? { short: d.short } : {}),
@@ -480,8 +506,8 @@ export const OPTIONS: OptionDef[] = [
         if (Object.keys(users).length) cl.options.userns = users;
       },
     }),
-  ),
-];
+  );
+}
 
 function nonEmpty(v: string): string {
   if (v === '') throw new ValueError('empty value');
@@ -494,8 +520,6 @@ function setStartMode(cl: CommandLine, mode: StartMode): void {
   cl.options.startMode = mode;
 }
 
-const byLong = new Map(OPTIONS.filter((o) => o.long.length > 1).map((o) => [o.long, o]));
-const byShort = new Map(OPTIONS.filter((o) => o.short).map((o) => [o.short!, o]));
 
 function applyOption(cl: CommandLine, def: OptionDef, shown: string, value: string | undefined): void {
   try {
@@ -510,7 +534,10 @@ function applyOption(cl: CommandLine, def: OptionDef, shown: string, value: stri
  * Parse argv (without node and script). Like getopt_long with a leading "+": options end at
  * "--" or at the first non-option, which starts the command.
  */
-export function parseCommandLine(argv: readonly string[]): CommandLine {
+export function parseCommandLine(argv: readonly string[], networkDefs: readonly NetOptionDef[] = []): CommandLine {
+  const table = [...OPTIONS, ...networkOptionDefs(networkDefs)];
+  const byLong = new Map(table.filter((o) => o.long.length > 1).map((o) => [o.long, o]));
+  const byShort = new Map(table.filter((o) => o.short).map((o) => [o.short!, o]));
   const cl: CommandLine = { options: {}, quiet: false, settings: 'yes', action: 'run' };
   let i = 0;
   for (; i < argv.length; i++) {
@@ -575,7 +602,8 @@ export function checkConflicts(o: ContainerOptions): void {
   }
 }
 
-export const HELP = `mctl-nspawn [OPTIONS...] [COMMAND [ARGUMENTS...]]
+/** The --help text; `networkHelp` is network.ts' NETWORK_HELP section. */
+export const helpText = (networkHelp: string): string => `mctl-nspawn [OPTIONS...] [COMMAND [ARGUMENTS...]]
 
 Spawn a command or boot an OS in a light-weight container.
 
@@ -637,7 +665,7 @@ Mounts:
                             Overlay mount from host directories
      --overlay-ro=LOWER[:LOWER...]:DST
                             Read-only overlay mount
-${NETWORK_HELP}
+${networkHelp}
 Input/Output:
      --console=MODE         interactive, read-only, passive, pipe, autopipe
   -P --pipe                 Same as --console=pipe

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseCommandLine, splitEscaped, parseBind, parseOverlay, parseTmpfs, cUnescape, parseId128, HELP, OPTIONS } from '../../src/nspawn/options.js';
+import { parseCommandLine, splitEscaped, parseBind, parseOverlay, parseTmpfs, cUnescape, parseId128, helpText, OPTIONS, NETWORK_OPTION_NAMES, mentionsNetworkOption } from '../../src/nspawn/options.js';
+import { NETWORK_OPTIONS, NETWORK_HELP } from '../../src/nspawn/network.js';
 import { UserError } from '../../src/common/errors.js';
 
 const parse = (...argv: string[]) => parseCommandLine(argv);
@@ -34,7 +35,21 @@ test('--help and --version win immediately, even before bad options', () => {
   assert.equal(parse('--help', '--bogus').action, 'help');
   assert.equal(parse('-h').action, 'help');
   assert.equal(parse('--version').action, 'version');
-  for (const def of OPTIONS) if (def.long.length > 1) assert.ok(HELP.includes(`--${def.long}`) || def.long === 'no-pager', `--help lists --${def.long}`);
+  const help = helpText(NETWORK_HELP);
+  for (const def of [...OPTIONS, ...NETWORK_OPTIONS]) if (def.long.length > 1) assert.ok(help.includes(`--${def.long}`) || ['no-pager', 'private-users-chown'].includes(def.long), `--help lists --${def.long}`);
+});
+
+test('the light list of network option names matches network.ts, so they load on demand', () => {
+  for (const d of NETWORK_OPTIONS) {
+    if (d.long.length > 1) assert.ok(NETWORK_OPTION_NAMES.long.includes(d.long), d.long);
+    if (d.short) assert.ok(NETWORK_OPTION_NAMES.short.includes(d.short), d.short);
+  }
+  assert.ok(mentionsNetworkOption(['-D', '/x', '--network-veth']));
+  assert.ok(mentionsNetworkOption(['-bn']));
+  assert.ok(mentionsNetworkOption(['--port=80']));
+  assert.ok(!mentionsNetworkOption(['-D', '/x', '-b', '--bind=/a', 'ls']));
+  assert.throws(() => parseCommandLine(['--network-veth']), /unrecognized option/);
+  assert.equal(parseCommandLine(['--network-veth'], NETWORK_OPTIONS).options.network?.veth, true);
 });
 
 test('unknown options and missing/extra arguments are one-line errors', () => {
