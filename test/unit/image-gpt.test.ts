@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { crc32, guidToBytes, guidToString, readPartitionTable, CorruptPartitionTableError } from '../../src/image/gpt.js';
 import { discoverPartitions, expectedVarUuid, compareVersions, DPS_TYPE, rootTypeFor, GPT_FLAG } from '../../src/image/dps.js';
-import { dissectImage } from '../../src/image/dissect.js';
+import { dissectImage, probeFilesystem } from '../../src/image/dissect.js';
 import { DiskImageError } from '../../src/image/errors.js';
 
 const ROOT_X64 = rootTypeFor('x64');
@@ -229,4 +229,37 @@ test('var partition UUID is HMAC-SHA256(machine-id, var type), as systemd-id128 
   const table = readPartitionTable(img);
   assert.ok(table);
   assert.equal(discoverPartitions(table, { arch: 'x64', machineId: Buffer.from(id, 'hex') }).partitions.var, undefined);
+});
+
+test('superblock probing: xfs, btrfs, erofs, vfat and swap magics at their offsets', () => {
+  const at = (size: number, writes: Array<[number, Buffer]>): ((o: number, n: number) => Buffer) => {
+    const img = Buffer.alloc(size);
+    for (const [o, b] of writes) b.copy(img, o);
+    return (o, n) => img.subarray(o, o + n);
+  };
+  const u32 = (v: number): Buffer => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v);
+    return b;
+  };
+  const fat = Buffer.alloc(512);
+  fat.write('FAT32   ', 82, 'latin1');
+  fat[510] = 0x55;
+  fat[511] = 0xaa;
+  const cases: Array<[string, number, Array<[number, Buffer]>]> = [
+    ['xfs', 8192, [[0, Buffer.from('XFSB')]]],
+    ['btrfs', 131072, [[65536 + 64, Buffer.from('_BHRfS_M')]]],
+    ['erofs', 8192, [[1024, u32(0xe0f5e1e2)]]],
+    ['vfat', 8192, [[0, fat]]],
+    ['swap', 8192, [[4086, Buffer.from('SWAPSPACE2')]]],
+  ];
+  for (const [want, size, writes] of cases) assert.equal(probeFilesystem(at(size, writes), 0, size), want, want);
+  // A btrfs magic past the end of a small partition does not count.
+  assert.equal(probeFilesystem(at(131072, [[65536 + 64, Buffer.from('_BHRfS_M')]]), 0, 65536), undefined);
+  // Bare erofs and xfs images dissect as read-only / writable roots.
+  const erofs = join(dir, 'bare.erofs');
+  const img = Buffer.alloc(8192);
+  u32(0xe0f5e1e2).copy(img, 1024);
+  writeFileSync(erofs, img);
+  assert.deepEqual(dissectImage(erofs).partitions.map((p) => [p.fstype, p.readOnly]), [['erofs', true]]);
 });
