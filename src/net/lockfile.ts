@@ -38,6 +38,16 @@ export class LockFile {
     return lock;
   }
 
+  /** Take the lock, polling for up to `ms` milliseconds (for locks held only briefly, e.g. by a collector). */
+  static async acquireWithin(path: string, kind: LockKind, ms: number): Promise<LockFile | null> {
+    const end = Date.now() + ms;
+    for (;;) {
+      const lock = LockFile.tryAcquire(path, kind);
+      if (lock || Date.now() >= end) return lock;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   private static open(path: string, wait: boolean, kind: LockKind): LockFile | null {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     for (;;) {

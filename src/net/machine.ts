@@ -238,7 +238,8 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
     throw new UserError('--port needs a veth or zone link with automatic addressing', { hint: 'use --network-veth or --network-zone, without --network-auto=no' });
   }
 
-  const lock = LockFile.tryAcquire(lockPath(cfg, machine), 'flock');
+  // A collector cleaning up after the previous run of this name holds the lock for a moment.
+  const lock = await LockFile.acquireWithin(lockPath(cfg, machine), 'flock', 3000);
   if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
   const container: NetnsTarget = { pid: req.leaderPid };
   let state: MachineNetState | null = null;
