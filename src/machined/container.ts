@@ -224,11 +224,6 @@ export function openPty(m: Machine): Pty {
   });
 }
 
-/** Open the slave side of a PTY from the host, inside the machine's tree. */
-function openPtySlave(m: Machine, pty: Pty): number {
-  return withRoot(m, (rootFd) => openIn(rootFd, pty.path, O.RDWR | O.NOCTTY));
-}
-
 /** The machine's own system bus (its /run/dbus/system_bus_socket), for login and shell. */
 async function withContainerBus<T>(m: Machine, fn: (bus: dbus.MessageBus) => Promise<T>): Promise<T> {
   let address: string;
@@ -292,15 +287,16 @@ export async function openShell(m: Machine, req: ShellRequest): Promise<Pty> {
     if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(e)) throw new BusError(ERR.InvalidArgs, 'Invalid environment assignment');
   }
   const pty = openPty(m);
-  let slave = -1;
   try {
-    slave = openPtySlave(m, pty);
     const V = dbus.Variant;
+    // systemd-machined passes the PTY slave as Standard*FileDescriptor. We let the service
+    // open TTYPath itself (StandardInput=tty): same terminal, no fd crosses into the
+    // container, and it sidesteps a dbus-next bug that corrupts some fd-carrying messages.
     const props: Array<[string, InstanceType<typeof V>]> = [
       ['Description', new V('s', `Shell for User ${user}`)],
-      ['StandardInputFileDescriptor', new V('h', slave)],
-      ['StandardOutputFileDescriptor', new V('h', slave)],
-      ['StandardErrorFileDescriptor', new V('h', slave)],
+      ['StandardInput', new V('s', 'tty')],
+      ['StandardOutput', new V('s', 'tty')],
+      ['StandardError', new V('s', 'tty')],
       ['SendSIGHUP', new V('b', true)],
       ['IgnoreSIGPIPE', new V('b', false)],
       ['KillMode', new V('s', 'mixed')],
@@ -321,8 +317,6 @@ export async function openShell(m: Machine, req: ShellRequest): Promise<Pty> {
   } catch (err) {
     closeSync(pty.fd);
     throw err;
-  } finally {
-    if (slave >= 0) closeSync(slave);
   }
 }
 

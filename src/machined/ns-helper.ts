@@ -11,8 +11,9 @@ function main(): number {
     return 2;
   }
   try {
-    // /proc/self/fd/4 is a magic link to the target directory in the container's tree.
-    moveMount(3, '/proc/self/fd/4');
+    // /proc/self/fd/4 is a magic link to the target directory in the container's tree;
+    // move_mount() does not follow a final symlink, so "/." makes it resolve the link.
+    moveMount(3, '/proc/self/fd/4/.');
     return 0;
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n`);
