@@ -188,3 +188,38 @@ test('size limits need a btrfs subvolume', async () => {
   tree('t-img-limit');
   await assert.rejects(setImageLimit('t-img-limit', 1n << 30n), (e: unknown) => e instanceof ImageError && e.kind === 'not-supported');
 });
+
+test('btrfs pool: subvolumes are listed as such, cloned by snapshot, flagged read-only, limited by quota', async () => {
+  const fsFile = join(pool, '.btrfs-backing');
+  const mnt = mkdtempSync('/tmp/mctl-image-btrfs-');
+  writeFileSync(fsFile, '');
+  truncateSync(fsFile, 256 << 20);
+  execFileSync('mkfs.btrfs', ['-q', fsFile], { stdio: 'ignore' });
+  execFileSync('mount', ['-o', 'loop', fsFile, mnt]);
+  const saved = process.env['MCTL_POOL'];
+  process.env['MCTL_POOL'] = mnt;
+  try {
+    execFileSync('btrfs', ['-q', 'subvolume', 'create', join(mnt, 't-img-sv')]);
+    writeFileSync(join(mnt, 't-img-sv/file'), 'x');
+    writeFileSync(join(mnt, 't-img-sv.nspawn'), '[Exec]\n');
+    assert.equal(getImage('t-img-sv').type, 'subvolume');
+    const c = await cloneImage('t-img-sv', 't-img-snap');
+    assert.equal(c.type, 'subvolume', 'the clone is a snapshot, not a copied directory');
+    assert.equal(readFileSync(join(c.path, 'file'), 'utf8'), 'x');
+    assert.ok(existsSync(join(mnt, 't-img-snap.nspawn')));
+    assert.equal((await markImageReadOnly('t-img-snap', true)).readOnly, true);
+    assert.match(execFileSync('btrfs', ['property', 'get', c.path, 'ro'], { encoding: 'utf8' }), /ro=true/);
+    const ro = await cloneImage('t-img-sv', 't-img-snap-ro', { readOnly: true });
+    assert.equal(ro.readOnly, true);
+    execFileSync('btrfs', ['quota', 'enable', mnt]);
+    await setImageLimit('t-img-sv', 64n << 20n);
+    assert.match(execFileSync('btrfs', ['qgroup', 'show', '-r', '--raw', mnt], { encoding: 'utf8' }), /67108864/);
+    await removeImage('t-img-snap');
+    await removeImage('t-img-snap-ro');
+    assert.ok(!existsSync(c.path) && !existsSync(ro.path));
+  } finally {
+    process.env['MCTL_POOL'] = saved;
+    spawnSync('umount', [mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+  }
+});
