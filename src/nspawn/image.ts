@@ -20,8 +20,7 @@ import { basename } from 'node:path';
 import { statSync } from 'node:fs';
 import { cleanupHostname } from '../common/names.js';
 import { UserError } from '../common/errors.js';
-import { findImage, lockImage, type ImageLock } from '../image/store.js';
-import { mountImage, imageWritable, type MountedImage } from '../image/mount.js';
+import { findImage, lockImage, mountImage, imageWritable, type ImageLock, type MountedImage } from '../image/index.js';
 import type { LaunchHooks } from './launch.js';
 import type { MountOp } from './spec.js';
 
