@@ -2,7 +2,7 @@
 // Debian tree: each test would fail if its option were ignored.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -100,6 +100,54 @@ test('the payload exit status becomes ours; --hostname and -M apply', () => {
   assert.equal(r.stdout, 't-nsp-opt-name\n');
   const h = nspawn(['-q', '--pipe', '--register=no', '-D', tree, '-M', 't-nsp-opt-name', '--hostname=other', '/bin/hostname']);
   assert.equal(h.stdout, 'other\n');
+});
+
+test('--uuid becomes $container_uuid and /run/host/container-uuid', () => {
+  const r = sh('echo "$container_uuid"; cat /run/host/container-uuid', ['--uuid=0123456789abcdef0123456789ABCDEF']);
+  assert.equal(r.stdout, '01234567-89ab-cdef-0123-456789abcdef\n01234567-89ab-cdef-0123-456789abcdef\n');
+});
+
+test('--kill-signal is what PID 1 gets when the launcher is asked to stop', async () => {
+  const child = spawn(process.execPath, [NSPAWN, '-q', '--pipe', '--register=no', '-D', tree, '--kill-signal=SIGUSR1', '-a', '/bin/sh', '-c',
+    'trap "echo got-usr1; exit 3" USR1; echo ready; while :; do sleep 0.1; done'], { env: cleanEnv(), stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  await new Promise<void>((resolve) => child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    if (out.includes('ready')) resolve();
+  }));
+  child.kill('SIGTERM');
+  assert.equal(await exited, 3);
+  assert.equal(out, 'ready\ngot-usr1\n');
+});
+
+test('--notify-ready=yes: READY=1 reaches our $NOTIFY_SOCKET only when the payload sends it', () => {
+  // A tiny datagram listener (node has no AF_UNIX datagram sockets): prints seconds until READY=1.
+  const listener = `
+import socket, subprocess, sys, time, os
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(path); s.settimeout(20)
+env = dict(os.environ, NOTIFY_SOCKET=path)
+t0 = time.monotonic()
+p = subprocess.Popen(sys.argv[2:], env=env)
+while True:
+    msg = s.recv(4096).decode()
+    if 'READY=1' in msg.split('\\n'):
+        print('%.2f' % (time.monotonic() - t0)); break
+p.wait(); print(p.returncode)
+`;
+  const run = (notify: string) => {
+    const sock = join(work, `notify-${notify}`);
+    const r = spawnSync('python3', ['-c', listener, sock, process.execPath, NSPAWN, '-q', '--pipe', '--register=no', '-D', tree, `--notify-ready=${notify}`,
+      '/bin/sh', '-c', 'sleep 1.5; systemd-notify --ready; sleep 0.5'], { env: cleanEnv(), encoding: 'utf8', timeout: 30_000 });
+    rmSync(sock, { force: true });
+    assert.equal(r.status, 0, r.stderr);
+    const [secs, code] = r.stdout.trim().split('\n');
+    assert.equal(code, '0');
+    return Number(secs);
+  };
+  assert.ok(run('no') < 1.2, 'without --notify-ready, ready as soon as the payload started');
+  assert.ok(run('yes') >= 1.4, 'with --notify-ready, only after the payload said so');
 });
 
 test('--set-credential and --load-credential appear in $CREDENTIALS_DIRECTORY with tight modes', () => {
