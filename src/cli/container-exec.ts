@@ -63,7 +63,12 @@ export async function execDirect(req: ExecRequest): Promise<number> {
     inner = [systemdRun, '--quiet', '--wait', '--collect', '--service-type=exec', interactive ? '--pty' : '--pipe', `--uid=${req.user}`, '-p', 'WorkingDirectory=-~', '-p', 'SendSIGHUP=yes'];
     if (interactive) inner.push(`--setenv=TERM=${process.env['TERM'] ?? 'vt220'}`);
     for (const e of req.env) inner.push(`--setenv=${e}`);
-    inner.push('--', ...req.command);
+    // systemd-run --wait reports a death by signal only as its own status 2; a shell around the
+    // command turns it into 128+N (and a missing program into 127), as users expect.
+    // systemd expands $VAR and $$ in ExecStart= arguments at exec time (systemd-run 252 has no
+    // --expand-environment=no), so every "$" is doubled to reach the command unchanged.
+    const wrapped = ['/bin/sh', '-c', '"$@"; exit $?', 'sh', ...req.command].map((a) => a.replace(/\$/g, '$$$$'));
+    inner.push('--', ...wrapped);
   } else {
     if (req.user !== 'root' && req.user !== '0') {
       throw new UserError(`cannot run as '${req.user}' in ${req.machine}: the container has no systemd`, { hint: 'omit --uid, or boot the container with systemd' });

@@ -5,6 +5,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
 import dbus from 'dbus-next';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus-daemon.js';
 import { connectBus, call } from '../../src/dbus/bus.js';
@@ -133,6 +134,8 @@ export interface TestMachine {
   leader: number;
   nspawnPid: number;
   output(): string;
+  /** nspawn's exit status once it exited, else undefined. */
+  exitStatus(): number | null | undefined;
   stop(): Promise<void>;
 }
 
@@ -151,7 +154,11 @@ export async function bootRegistered(service: Service, name: string, tree: strin
   child.stdout?.on('data', (c: Buffer) => (out = (out + c.toString()).slice(-16384)));
   child.stderr?.on('data', (c: Buffer) => (out = (out + c.toString()).slice(-16384)));
   let exited = false;
-  child.once('exit', () => (exited = true));
+  let status: number | null | undefined;
+  child.once('exit', (code) => {
+    exited = true;
+    status = code;
+  });
   const nspawnPid = child.pid ?? 0;
 
   const stop = async (): Promise<void> => {
@@ -192,12 +199,12 @@ export async function bootRegistered(service: Service, name: string, tree: strin
         interface: 'org.freedesktop.machine1.Manager',
         member: 'RegisterMachine',
         signature: 'sayssus',
-        body: [name, Buffer.alloc(0), 'systemd-nspawn', 'container', leader, tree],
+        body: [name, randomBytes(16), 'systemd-nspawn', 'container', leader, tree],
       });
     } finally {
       bus.disconnect();
     }
-    return { name, leader, nspawnPid, output: () => out, stop };
+    return { name, leader, nspawnPid, output: () => out, exitStatus: () => status, stop };
   } catch (err) {
     await stop();
     throw err;

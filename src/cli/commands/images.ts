@@ -127,7 +127,7 @@ const imageStatus: CommandModule<GlobalArgs, Args<NamesArgs>> = {
 
 interface ShowImageArgs {
   name?: string[] | undefined;
-  property: string[];
+  property: string | string[];
   value: boolean;
   all: boolean;
 }
@@ -138,7 +138,7 @@ const showImage: CommandModule<GlobalArgs, Args<ShowImageArgs>> = {
   builder: (y) =>
     y
       .positional('name', { type: 'string', array: true, describe: 'image name' })
-      .option('property', { alias: 'p', type: 'string', array: true, default: [], describe: 'Show only this property (repeatable, or comma-separated)' })
+      .option('property', { alias: 'p', type: 'string', default: [] as string[], describe: 'Show only this property (repeatable, or comma-separated)' })
       .option('value', { type: 'boolean', default: false, describe: 'Print values only' })
       .option('all', { alias: 'a', type: 'boolean', default: false, describe: 'Also show empty properties' }),
   handler: (argv) =>

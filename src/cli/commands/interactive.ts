@@ -36,7 +36,7 @@ interface ShellArgs {
   command?: string[];
   '--'?: string[];
   uid?: string;
-  setenv: string[];
+  setenv: string | string[];
 }
 
 /** "[USER@]NAME" → user and machine; --uid wins over USER@, as in machinectl. */
@@ -67,7 +67,7 @@ const shell: CommandModule<GlobalArgs, Args<ShellArgs>> = {
       .positional('target', { type: 'string', describe: '[USER@]NAME (default root@.host)' })
       .positional('command', { type: 'string', array: true, describe: 'command and arguments (run as a transient unit; its exit status is returned)' })
       .option('uid', { type: 'string', describe: 'User to run as (overrides USER@)' })
-      .option('setenv', { alias: 'E', type: 'string', array: true, default: [], describe: 'Set an environment variable (NAME=VALUE, repeatable)' })
+      .option('setenv', { alias: 'E', type: 'string', default: [] as string[], describe: 'Set an environment variable (NAME=VALUE, repeatable)' })
       .example('$0 shell debian', 'Interactive login shell as root')
       .example("$0 shell alice@debian /bin/sh -c 'exit 7'", 'Exits with status 7'),
   handler: (argv) =>

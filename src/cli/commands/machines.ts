@@ -199,7 +199,7 @@ const status: CommandModule<GlobalArgs, Args<StatusArgs>> = {
 
 interface ShowArgs {
   name?: string[] | undefined;
-  property: string[];
+  property: string | string[];
   value: boolean;
   all: boolean;
 }
@@ -214,7 +214,7 @@ const show: CommandModule<GlobalArgs, Args<ShowArgs>> = {
   builder: (y) =>
     y
       .positional('name', { type: 'string', array: true, describe: 'machine name' })
-      .option('property', { alias: 'p', type: 'string', array: true, default: [], describe: 'Show only this property (repeatable, or comma-separated)' })
+      .option('property', { alias: 'p', type: 'string', default: [] as string[], describe: 'Show only this property (repeatable, or comma-separated)' })
       .option('value', { type: 'boolean', default: false, describe: 'Print values only, without NAME=' })
       .option('all', { alias: 'a', type: 'boolean', default: false, describe: 'Also show empty properties' }),
   handler: (argv) =>
