@@ -39,6 +39,12 @@ export interface MountOptions {
    */
   relaxVarCheck?: boolean;
   arch?: DpsArch;
+  /**
+   * Mount the non-root partitions beside the root (STAGING_DIR/parts/DESIGNATOR) instead of at
+   * their places below it. For --ephemeral: the runtime stacks an overlay on the root path,
+   * which would hide partitions mounted below it, so each gets its own overlay from there.
+   */
+  separatePartitions?: boolean;
 }
 
 export interface MountedPartition extends ImagePartition {
@@ -165,7 +171,11 @@ export function mountImage(path: string, options: MountOptions = {}): MountedIma
       const ro = readOnly || p.readOnly;
       loop = attachLoop(path, { offset: p.offset, sizeLimit: p.number === 0 ? 0 : p.size, readOnly: ro });
       const device = loop.path;
-      const target = where === '/' ? rootDir : join(rootDir, where);
+      let target = where === '/' ? rootDir : join(rootDir, where);
+      if (where !== '/' && options.separatePartitions) {
+        target = join(stagingDir, 'parts', p.designator);
+        mkdirSync(target, { recursive: true, mode: 0o755 });
+      }
       const { flags, data } = mountOptionsFor(p);
       try {
         mount(device, target, p.fstype, flags | (ro ? MS.RDONLY : 0), data);

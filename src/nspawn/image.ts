@@ -89,14 +89,15 @@ export function prepareImageRoot(path: string, options: ImageRootOptions): Image
   const lock = lockImage(path, { shared: wantReadOnly, what: `image ${path}` });
   let image: MountedImage;
   try {
-    image = mountImage(path, { readOnly: wantReadOnly });
+    image = mountImage(path, { readOnly: wantReadOnly, separatePartitions: options.ephemeral });
   } catch (err) {
     lock.release();
     throw err;
   }
   const mounts: MountOp[] = [];
   if (options.ephemeral) {
-    // Submounts are not part of an overlay of the root: give each its own throw-away layer.
+    // The runtime stacks the root's overlay on the root path, and submounts are not part of an
+    // overlay anyway: each partition (mounted beside the root) gets its own throw-away layer.
     for (const p of image.mounted) {
       if (p.designator === 'root') continue;
       mounts.push({ kind: 'overlay', destination: p.mountPoint, lowerDirs: [p.where], upperDir: null, workDir: null, temporaryUpper: true });

@@ -238,3 +238,32 @@ test('bad images: one line on stderr, non-zero exit, nothing attached or mounted
     assert.deepEqual(residue(), clean);
   }
 });
+
+test('multi-partition GPT: home is mounted from its own partition, -x gives it its own throw-away layer', () => {
+  const fsImage = debianImage('ext4');
+  const fsSectors = Math.ceil(statSync(fsImage).size / 512);
+  const root = process.arch === 'arm64' ? 'b921b045-1df0-41c3-af44-4c6f280d3fae' : '4f68bce3-e8cd-4db1-96e7-fbcaf984b709';
+  const img = join(dir, 't-img-multi.raw');
+  closeSync(openSync(img, 'w'));
+  truncateSync(img, (fsSectors + 2048 + 32768 + 2048) * 512);
+  execFileSync('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', img], {
+    input: `label: gpt\nstart=2048, size=${fsSectors}, type=${root}\nsize=32768, type=933ac7e1-2eb4-4f13-b844-0e14e2aef915\n`,
+    stdio: ['pipe', 'ignore', 'pipe'],
+  });
+  execFileSync('dd', [`if=${fsImage}`, `of=${img}`, 'bs=1M', `seek=${2048 * 512}`, 'oflag=seek_bytes', 'conv=notrunc,sparse', 'status=none']);
+  const homeTree = mkdtempSync(join(dir, 'home-'));
+  execFileSync('sh', ['-c', `echo from-home-partition > ${homeTree}/marker`]);
+  const homeFs = join(dir, 'home.ext4');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', homeTree, homeFs, '16M'], { stdio: 'ignore' });
+  execFileSync('dd', [`if=${homeFs}`, `of=${img}`, 'bs=1M', `seek=${(2048 + fsSectors) * 512}`, 'oflag=seek_bytes', 'conv=notrunc', 'status=none']);
+  const clean = residue();
+  const plain = nspawnOnce([`--image=${img}`, '/bin/sh', '-c', 'cat /home/marker; findmnt -n -o FSTYPE /home']);
+  assert.equal(plain.status, 0, plain.stderr);
+  assert.deepEqual(plain.stdout.trim().split('\n').map((l) => l.trim()), ['from-home-partition', 'ext4']);
+  const eph = nspawnOnce(['-x', `--image=${img}`, '/bin/sh', '-c', 'echo scratch > /home/new && cat /home/new /home/marker; findmnt -n -o FSTYPE /home']);
+  assert.equal(eph.status, 0, eph.stderr);
+  assert.deepEqual(eph.stdout.trim().split('\n').map((l) => l.trim()), ['scratch', 'from-home-partition', 'overlay']);
+  const after = nspawnOnce([`--image=${img}`, '/bin/sh', '-c', 'ls /home']);
+  assert.equal(after.stdout.trim(), 'lost+found\nmarker');
+  assert.deepEqual(residue(), clean);
+});
