@@ -223,7 +223,13 @@ test('bad images: one line on stderr, non-zero exit, nothing attached or mounted
   const noRoot = badDisk('t-img-noroot.raw', `label: gpt\nstart=2048, size=8192, type=933ac7e1-2eb4-4f13-b844-0e14e2aef915\n`, () => undefined);
   const truncated = copyImage(debianImage('gpt'), join(dir, 't-img-truncated.raw'));
   truncateSync(truncated, 64 << 20);
+  // A valid image that cannot boot: the start fails after the image was mounted.
+  const noInitTree = mkdtempSync(join(dir, 'noinit-'));
+  execFileSync('sh', ['-c', `mkdir -p ${noInitTree}/etc ${noInitTree}/usr && echo ID=t-img > ${noInitTree}/etc/os-release`]);
+  const noInit = join(dir, 't-img-noinit.raw');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', noInitTree, noInit, '8M'], { stdio: 'ignore' });
   const cases: Array<[string, RegExp]> = [
+    [noInit, /has no init/],
     [corrupt, /corrupt GPT/],
     [noRoot, /has no root partition/],
     [truncated, /image is truncated/],
@@ -266,4 +272,20 @@ test('multi-partition GPT: home is mounted from its own partition, -x gives it i
   const after = nspawnOnce([`--image=${img}`, '/bin/sh', '-c', 'ls /home']);
   assert.equal(after.stdout.trim(), 'lost+found\nmarker');
   assert.deepEqual(residue(), clean);
+});
+
+test('a start that fails in the launch hooks (registration without a bus) leaves nothing behind', () => {
+  const image = copyImage(debianImage('ext4'), join(dir, 't-img-hookfail.raw'));
+  const clean = residue();
+  const r = spawnSync(NSPAWN, ['-q', '--console=pipe', '--register=yes', `--image=${image}`, '/bin/true'], {
+    env: { ...process.env, DBUS_SYSTEM_BUS_ADDRESS: `unix:path=${join(dir, 'no-such-bus')}` },
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /^mctl-nspawn: [^\n]+\n$/);
+  assert.deepEqual(residue(), clean);
+  // And the lock was released: the image can be used again at once.
+  const again = nspawnOnce([`--image=${image}`, '/bin/true']);
+  assert.equal(again.status, 0, again.stderr);
 });
