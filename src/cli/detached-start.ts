@@ -46,7 +46,9 @@ export function spawnDetached(name: string, root: string, extraEnv: NodeJS.Proce
   if (help.error || help.status !== 0) {
     throw new UserError(`cannot run the launcher ${launcher}: ${help.error?.message ?? (help.stderr || '').trim().split('\n')[0] ?? `exit ${help.status}`}`, { hint: 'build it with npm run build, or set MCTL_NSPAWN' });
   }
-  const { args, missing } = detachedArgs(help.stdout);
+  // Without systemd there is no unit file to edit; MCTL_NSPAWN_OPTIONS replaces the unit's options.
+  const override = process.env['MCTL_NSPAWN_OPTIONS'];
+  const { args, missing } = override !== undefined ? { args: override.split(/\s+/).filter(Boolean), missing: [] } : detachedArgs(help.stdout);
   mkdirSync(LOG_DIR, { recursive: true });
   const log = `${LOG_DIR}/${name}.log`;
   const fd = openSync(log, 'w', 0o640);
