@@ -6,10 +6,9 @@
 // image) or a block device node. Names starting with "." are hidden; ".#…" entries are temporary
 // files of in-flight operations and lock files and are never images. ".host" is the host's "/".
 import { accessSync, constants as fsc, existsSync, openSync, closeSync, readdirSync, statSync, chmodSync, renameSync, type BigIntStats } from 'node:fs';
-import { copyFile, rm } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
+import type { RmOptions } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { isValidImageName } from '../common/names.js';
 import { ioctlBuffer, ioctlInt } from '../sys/libc.js';
 import { ImageError } from './errors.js';
@@ -252,7 +251,17 @@ function imageFileName(type: ImageType, name: string): string {
 }
 
 function tempName(dir: string, name: string): string {
-  return join(dir, `.#${name}.${randomBytes(6).toString('hex')}`);
+  // Unique enough for a name guarded by the name lock; avoids loading node:crypto on every start.
+  return join(dir, `.#${name}.${process.pid.toString(36)}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`);
+}
+
+// node:fs/promises is loaded on first use: the launcher imports this module on every start.
+async function rm(path: string, options: RmOptions): Promise<void> {
+  await (await import('node:fs/promises')).rm(path, options);
+}
+
+async function copyFile(source: string, target: string): Promise<void> {
+  await (await import('node:fs/promises')).copyFile(source, target);
 }
 
 function run(cmd: string, args: readonly string[]): Promise<void> {
