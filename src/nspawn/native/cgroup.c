@@ -73,6 +73,24 @@ static int cgroup_of(pid_t pid, const char *key, char *out, size_t len)
 	return found;
 }
 
+/* rmdir a cgroup and everything the container created below it, depth first. */
+static int rmdir_tree(const char *path)
+{
+	DIR *d = opendir(path);
+	if (d) {
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			if (e->d_type != DT_DIR || !strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+				continue;
+			char sub[4096];
+			snprintf(sub, sizeof(sub), "%s/%s", path, e->d_name);
+			rmdir_tree(sub);
+		}
+		closedir(d);
+	}
+	return rmdir(path);
+}
+
 static void chown_cgroup(const char *dir, uid_t uid)
 {
 	static const char *const files[] = { "", "/cgroup.procs", "/cgroup.threads", "/cgroup.subtree_control", "/tasks", "/notify_on_release", "/cgroup.clone_children" };
@@ -92,8 +110,8 @@ static int place_in(const char *mount, const char *base, const struct config *c,
 	if (mkdir(created, 0755) < 0) {
 		if (errno != EEXIST)
 			return -1;
-		/* a left-over of a container that was killed: empty cgroups can simply go */
-		if (rmdir(created) < 0 || mkdir(created, 0755) < 0) {
+		/* a left-over of a supervisor that was SIGKILLed: a tree without processes can go */
+		if (rmdir_tree(created) < 0 || mkdir(created, 0755) < 0) {
 			snprintf(created, len, "%s%s/mctl-%s-%d", mount, sep, c->name, (int)getpid());
 			if (mkdir(created, 0755) < 0)
 				return -1;
@@ -145,24 +163,6 @@ int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_
 	return 0;
 }
 
-/* rmdir a cgroup and everything the container created below it, depth first. */
-static int rmdir_tree(const char *path)
-{
-	DIR *d = opendir(path);
-	if (d) {
-		struct dirent *e;
-		while ((e = readdir(d))) {
-			if (e->d_type != DT_DIR || !strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-				continue;
-			char sub[4096];
-			snprintf(sub, sizeof(sub), "%s/%s", path, e->d_name);
-			rmdir_tree(sub);
-		}
-		closedir(d);
-	}
-	return rmdir(path);
-}
-
 void cgroup_remove(const char *unified_path, const char *systemd_path)
 {
 	const char *paths[2] = { unified_path, systemd_path };
@@ -170,9 +170,11 @@ void cgroup_remove(const char *unified_path, const char *systemd_path)
 		if (!paths[i] || !paths[i][0])
 			continue;
 		/* the kernel kills the rest of the PID namespace after its init: give it a moment */
-		for (int tries = 0; tries < 200; tries++) {
+		for (int tries = 0; tries < 1000; tries++) {
 			if (rmdir_tree(paths[i]) == 0 || errno == ENOENT)
 				break;
+			if (tries == 999)
+				warnx_("failed to remove cgroup %s: %s", paths[i], strerror(errno));
 			struct timespec ts = { 0, 5 * 1000 * 1000 };
 			nanosleep(&ts, NULL);
 		}

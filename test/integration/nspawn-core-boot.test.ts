@@ -1,0 +1,147 @@
+// Booting the cached Debian tree (through a throw-away overlay, -x) with the built launcher:
+// it reaches `running`, its cgroup is a fresh sub-cgroup it can write, sd_notify READY=1 is
+// passed on, SIGTERM halts it cleanly with exit 0, a reboot inside gives 133, nothing is left.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { debianTree } from '../helpers/images.js';
+
+const BIN = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
+let tree = '';
+
+before(() => {
+  tree = debianTree();
+});
+
+function hostState(): string {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ').slice(3, 5).join(' '))
+    .sort()
+    .join('\n');
+  const cgroups = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd']
+    .filter((d) => existsSync(d))
+    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-t-nsc')).map((n) => `${d}/${n}`))
+    .join('\n');
+  return `${mounts}\n--\n${cgroups}`;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Resolves with 'timeout' after ms without keeping the test process alive. */
+const timeout = (ms: number) => new Promise<string>((r) => setTimeout(() => r('timeout'), ms).unref());
+
+/** The container's PID 1: the only child of the launcher (which became the native supervisor). */
+async function leaderOf(launcher: number): Promise<number> {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    try {
+      const kids = readFileSync(`/proc/${launcher}/task/${launcher}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+      for (const k of kids) if (readFileSync(`/proc/${k}/comm`, 'utf8').trim() === 'systemd') return Number(k);
+    } catch {
+      // not there yet
+    }
+    await sleep(20);
+  }
+  throw new Error('container leader did not appear');
+}
+
+/** `systemctl is-system-running --wait` inside; retried while PID 1 has no bus socket yet. */
+async function waitRunning(leader: number): Promise<string> {
+  const deadline = Date.now() + 60_000;
+  let last = '';
+  while (Date.now() < deadline) {
+    const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: 60_000 });
+    last = r.stdout.trim();
+    if (last !== '' && last !== 'starting' && last !== 'initializing') return last;
+    await sleep(50);
+  }
+  return last;
+}
+
+function exitOf(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+}
+
+function boot(name: string, env: NodeJS.ProcessEnv = process.env): ChildProcess {
+  return spawn(BIN, ['-q', '--register=no', '-x', '-b', '-M', name, '-D', tree], { stdio: 'ignore', env });
+}
+
+test('Debian boots to running; SIGTERM halts it, the launcher exits 0 and leaves nothing', async () => {
+  const before = hostState();
+  const marker = statSync(`${tree}/etc`).mtimeMs;
+  const child = boot('t-nsc-boot');
+  const exited = exitOf(child);
+  try {
+    const leader = await leaderOf(child.pid ?? 0);
+    assert.equal(await waitRunning(leader), 'running');
+    // the container's cgroup: a fresh sub-cgroup, seen as / inside and writable there
+    const hostView = readFileSync(`/proc/${leader}/cgroup`, 'utf8');
+    assert.match(hostView, /^0::\/mctl-t-nsc-boot\/init\.scope$/m);
+    const inside = spawnSync('nsenter', ['-t', String(leader), '-a', 'sh', '-c', 'cat /proc/1/cgroup; mkdir /sys/fs/cgroup/unified/t-probe && rmdir /sys/fs/cgroup/unified/t-probe && echo writable'], { encoding: 'utf8' });
+    assert.match(inside.stdout, /^0::\/init\.scope$/m);
+    assert.match(inside.stdout, /^writable$/m);
+    child.kill('SIGTERM');
+    assert.equal(await Promise.race([exited, timeout(20_000)]), 0);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
+  assert.equal(hostState(), before);
+  assert.equal(statSync(`${tree}/etc`).mtimeMs, marker, 'the cached tree is not modified');
+});
+
+test('a reboot inside the container ends the launcher with 133', async () => {
+  const child = boot('t-nsc-reboot');
+  const exited = exitOf(child);
+  try {
+    const leader = await leaderOf(child.pid ?? 0);
+    assert.equal(await waitRunning(leader), 'running');
+    const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemctl', 'reboot'], { encoding: 'utf8', timeout: 10_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(await Promise.race([exited, timeout(20_000)]), 133);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
+});
+
+test('READY=1 reaches $NOTIFY_SOCKET of the launcher (Type=notify units)', async (t) => {
+  if (spawnSync('sh', ['-c', 'command -v python3'], { stdio: 'ignore' }).status !== 0) {
+    t.skip('python3 (for a datagram listener) is not installed');
+    return;
+  }
+  const dir = mkdtempSync('/tmp/mctl-nsc-notify-');
+  const sock = `${dir}/notify`;
+  const listener = spawn('python3', ['-c', `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(${JSON.stringify(sock)})
+print("listening", flush=True)
+s.settimeout(60)
+print(s.recv(4096).decode().replace("\\n", " "), flush=True)
+`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  listener.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  const listenDeadline = Date.now() + 5000;
+  while (!out.includes('listening') && Date.now() < listenDeadline) await sleep(20);
+  const child = boot('t-nsc-notify', { ...process.env, NOTIFY_SOCKET: sock });
+  const exited = exitOf(child);
+  try {
+    const leader = await leaderOf(child.pid ?? 0);
+    const deadline = Date.now() + 20_000;
+    while (!out.includes('READY=1') && Date.now() < deadline) await sleep(50);
+    assert.match(out, /READY=1/);
+    assert.match(out, new RegExp(`X_NSPAWN_LEADER_PID=${leader}`));
+    // a kill signal sent before systemd has its handlers is lost (PID 1 ignores unhandled signals)
+    assert.equal(await waitRunning(leader), 'running');
+    child.kill('SIGTERM');
+    assert.equal(await Promise.race([exited, timeout(20_000)]), 0);
+  } finally {
+    child.kill('SIGKILL');
+    listener.kill();
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
