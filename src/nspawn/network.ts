@@ -273,7 +273,7 @@ function shiftFiles(root: string, paths: readonly string[], shift: number): void
 
 export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<NetUsernsSetup> {
   const plan = resolveNetwork(input.network);
-  const { resolveUidRange, resolveOwnership, chownTree, makeUserns, mountIdmapped, sweepIdmapDirs } = await import('./userns.js');
+  const { resolveUidRange, resolveOwnership, chownTree, makeUserns, mountIdmapped, bindRoot, sweepIdmapDirs } = await import('./userns.js');
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];
   const cleanup = async (): Promise<void> => {
@@ -310,21 +310,27 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
         chownTree(input.root, range.shift);
         // Files the launcher (re)wrote into an already shifted tree this run (resolv.conf, localtime …).
         shiftFiles(input.root, ['etc/resolv.conf', 'etc/localtime', 'etc/hostname', 'etc/machine-id'], range.shift);
-      } else if (ownership === 'map') {
+      }
+      // The runtime enters the tree as the container's root, unprivileged on the host: give it a
+      // path it can traverse (an idmapped view for map, a plain bind otherwise).
+      sweepIdmapDirs(IDMAP_DIR);
+      const at = `${IDMAP_DIR}/${input.machineName}.${process.pid}`;
+      let view;
+      if (ownership === 'map') {
         const ns = await makeUserns(range.shift, range.range);
-        let mapped;
         try {
-          sweepIdmapDirs(IDMAP_DIR);
-          mapped = mountIdmapped(input.root, `${IDMAP_DIR}/${input.machineName}.${process.pid}`, ns.fd);
+          view = mountIdmapped(input.root, at, ns.fd);
         } finally {
           ns.close();
         }
-        const m = mapped;
-        undo.push(() => m.release());
-        setup.root = m.path;
-        // The container's mount namespace holds its own copy from now on; ours can go.
-        setup.afterNamespaces.push(async () => m.release(false));
+      } else {
+        view = bindRoot(input.root, at);
       }
+      const m = view;
+      undo.push(() => m.release());
+      setup.root = m.path;
+      // The container's mount namespace holds its own copy from now on; ours can go.
+      setup.afterNamespaces.push(async () => m.release(false));
     }
     if (needsHostSetup(plan)) {
       const runtime = networkRuntime(input.machineName, plan);

@@ -322,6 +322,45 @@ export function mountIdmapped(root: string, at: string, usernsFd: number): Idmap
   };
 }
 
+/**
+ * A plain recursive bind of `root` at `at`: with chown ownership (or a fixed range) the tree may
+ * sit below directories the container's root cannot traverse (mkdtemp's 0700, say), so the
+ * runtime gets the same traversable path it gets for an idmapped root.
+ */
+export function bindRoot(root: string, at: string): IdmappedRoot {
+  mkdirSync(dirname(at), { recursive: true, mode: 0o755 });
+  chmodSync(dirname(at), 0o755);
+  mkdirSync(at, { mode: 0o700 });
+  try {
+    mount(root, at, null, MS.BIND | MS.REC);
+    mount(null, at, null, MS.PRIVATE | MS.REC);
+  } catch (err) {
+    try {
+      umount2(at, MNT.DETACH);
+    } catch {
+      /* not mounted */
+    }
+    rmdirSync(at);
+    throw err;
+  }
+  return {
+    path: at,
+    release: (removeDir = true) => {
+      try {
+        umount2(at, MNT.DETACH);
+      } catch {
+        /* already gone */
+      }
+      if (!removeDir) return;
+      try {
+        rmdirSync(at);
+      } catch {
+        /* busy or gone */
+      }
+    },
+  };
+}
+
 /** Remove the empty mount-point directories left by containers that are gone (named NAME.PID). */
 export function sweepIdmapDirs(dir: string): void {
   let names: string[];

@@ -1,0 +1,142 @@
+// -U on the real Debian tree: boots to `running` in a picked range with an idmapped root; root
+// inside has no power over the host; files land with the image's owners (map) or shifted
+// owners (chown); concurrent containers get disjoint ranges.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { debianTree } from '../helpers/images.js';
+import { must, run } from '../helpers/netns.js';
+import { sweepIdmapDirs } from '../../src/nspawn/userns.js';
+
+const nspawn = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
+const id = randomBytes(2).toString('hex');
+let dir: string;
+let root: string;
+let loop = '';
+const procs: ChildProcess[] = [];
+
+before(() => {
+  dir = mkdtempSync('/tmp/mctl-userns-');
+  root = `${dir}/root`;
+  must(['cp', '-a', '--reflink=auto', debianTree(), root]);
+  must(['truncate', '-s', '8M', `${dir}/disk.img`]);
+  must(['mkfs.ext4', '-q', `${dir}/disk.img`]);
+  loop = must(['losetup', '-f', '--show', `${dir}/disk.img`]).trim();
+});
+
+after(() => {
+  for (const p of procs) p.kill('SIGKILL');
+  if (loop) run(['losetup', '-d', loop]);
+  rmSync(dir, { recursive: true, force: true });
+  sweepIdmapDirs('/run/mctl-idmap');
+});
+
+const exited = (p: ChildProcess): Promise<unknown> => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((res) => p.once('exit', res)));
+
+function leaderOf(supervisor: number): number {
+  for (let i = 0; i < 200; i++) {
+    const kids = run(['pgrep', '-P', String(supervisor)]).stdout.trim().split('\n').filter(Boolean).map(Number);
+    for (const k of kids) {
+      // The container is the child in another PID namespace (not the short-lived `unshare --user`
+      // that prepares the idmap, nor the network collector).
+      try {
+        if (readlinkSync(`/proc/${k}/ns/pid`) !== readlinkSync('/proc/self/ns/pid')) return k;
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+    spawnSyncSleep(50);
+  }
+  throw new Error('no container leader found');
+}
+
+function spawnSyncSleep(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+const inside = (leader: number, script: string) => run(['nsenter', '-t', String(leader), '-a', '--', '/bin/sh', '-c', script]);
+
+test('-U boots the Debian tree to running; root inside cannot touch the host; files keep the image owners (map)', async () => {
+  const name = `t-userns-${id}`;
+  const p = spawn(nspawn, ['-q', '--register=no', '--console=pipe', '-U', '-b', '-D', root, '-M', name, `--bind=${loop}:/dev/testdisk`], { stdio: ['ignore', 'ignore', 'inherit'] });
+  procs.push(p);
+  const leader = leaderOf(p.pid!);
+  const map = readFileSync(`/proc/${leader}/uid_map`, 'utf8').trim().split(/\s+/).map(Number);
+  assert.equal(map[0], 0);
+  assert.ok(map[1]! >= 0x80000 && map[1]! <= 0x6fff0000 && map[1]! % 0x10000 === 0, `picked shift ${map[1]}`);
+  assert.equal(map[2], 0x10000);
+  // Poll until the container's manager answers on its bus, then wait for the boot to finish.
+  let state = inside(leader, 'systemctl is-system-running --wait');
+  for (let i = 0; i < 60 && /Failed to connect to bus/.test(state.stderr); i++) {
+    spawnSyncSleep(250);
+    state = inside(leader, 'systemctl is-system-running --wait');
+  }
+  assert.equal(state.stdout.trim(), 'running', state.stdout + state.stderr);
+
+  // Root inside: uid 0 there, but mounting a host block device is refused…
+  const mnt = inside(leader, 'id -u; mount /dev/testdisk /mnt');
+  assert.equal(mnt.stdout.trim(), '0');
+  assert.notEqual(mnt.status, 0);
+  assert.match(mnt.stderr, /permission denied|not permitted|must be superuser/i);
+  // …host sysctls cannot be changed, not even through a fresh procfs…
+  // (Writing the current value back: harmless to the host even if isolation were broken.)
+  const before = readFileSync('/proc/sys/vm/swappiness', 'utf8').trim();
+  const sys = inside(leader, `mkdir -p /tmp/p && mount -t proc proc /tmp/p && echo ${before} > /tmp/p/sys/vm/swappiness`);
+  assert.notEqual(sys.status, 0, 'writing a host sysctl must fail');
+  assert.match(sys.stderr, /permission denied|read-only|not permitted/i);
+  assert.equal(readFileSync('/proc/sys/vm/swappiness', 'utf8').trim(), before);
+  // …and no host process is visible.
+  const ps = inside(leader, 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr "\\0" " "');
+  assert.doesNotMatch(ps.stdout, /mctl-nsexec|node .*test/);
+  assert.match(ps.stdout, /systemd/);
+
+  const made = inside(leader, 'touch /root/made-inside && stat -c %u /root/made-inside');
+  assert.equal(made.stdout.trim(), '0');
+  assert.equal(statSync(`${root}/root/made-inside`).uid, 0, 'map: on disk the image owner, not the shifted one');
+  assert.equal(statSync(root).uid, 0, 'map leaves the tree unshifted');
+
+  p.kill('SIGTERM'); // SIGRTMIN+3 to systemd: a clean poweroff
+  await exited(p);
+  assert.equal(p.exitCode, 0);
+});
+
+test('chown ownership: one recursive shift, files created inside show shifted owners', () => {
+  const res = run([nspawn, '-q', '--register=no', '--console=pipe', '--private-users=pick', '--private-users-ownership=chown', '-D', root, '-M', `t-userns-${id}-c`,
+    '/bin/sh', '-c', 'touch /root/made-chown; stat -c %u /root/made-chown; cat /proc/self/uid_map']);
+  assert.equal(res.status, 0, res.stderr);
+  const [uidInside, mapLine] = res.stdout.trim().split('\n');
+  assert.equal(uidInside, '0');
+  const shift = Number(mapLine!.trim().split(/\s+/)[1]);
+  assert.equal(statSync(`${root}/root/made-chown`).uid, shift);
+  assert.equal(statSync(root).uid, shift, 'the shift is recorded by the root owner');
+  assert.equal(statSync(`${root}/usr/bin/passwd`).mode & 0o7777, 0o4755, 'setuid kept');
+  assert.equal(statSync(`${root}/usr/bin/passwd`).uid, shift);
+  // auto on a chowned tree keeps using chown, and the same range (first guess = the owner).
+  const again = run([nspawn, '-q', '--register=no', '--console=pipe', '-U', '-D', root, '-M', `t-userns-${id}-d`, '/bin/cat', '/proc/self/uid_map']);
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(Number(again.stdout.trim().split(/\s+/)[1]), shift);
+});
+
+test('three -U containers at once get disjoint ranges; locks are gone afterwards', async () => {
+  const ps = [0, 1, 2].map((i) =>
+    // --timezone/--resolv-conf off: with --read-only they become bind mounts, and the runtime's
+    // mount-point creation follows the tree's absolute /etc/localtime symlink onto the host.
+    spawn(nspawn, ['-q', '--register=no', '--console=pipe', '--read-only', '--timezone=off', '--resolv-conf=off', '--private-users=pick', '--private-users-ownership=map', '-D', debianTree(), '-M', `t-userns-${id}-p${i}`, '/bin/sleep', '3'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    }),
+  );
+  procs.push(...ps);
+  const shifts = ps.map((p) => Number(readFileSync(`/proc/${leaderOf(p.pid!)}/uid_map`, 'utf8').trim().split(/\s+/)[1]));
+  assert.equal(new Set(shifts).size, 3, shifts.join(' '));
+  const locks = readdirSync('/run/systemd/nspawn-uid');
+  for (const s of shifts) assert.ok(locks.includes(String(s)), `lock for ${s} held`);
+  await Promise.all(ps.map(exited));
+  const after = readdirSync('/run/systemd/nspawn-uid');
+  for (const s of shifts) {
+    const r = run(['flock', '-n', `/run/systemd/nspawn-uid/${s}`, 'true']);
+    assert.ok(!after.includes(String(s)) || r.status === 0, `lock for ${s} released`);
+  }
+});
