@@ -23,7 +23,7 @@ function hostState(): string {
     .join('\n');
   const cgroups = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd']
     .filter((d) => existsSync(d))
-    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-t-nsc')).map((n) => `${d}/${n}`))
+    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-nspawn-t-nsc')).map((n) => `${d}/${n}`))
     .join('\n');
   return `${mounts}\n--\n${cgroups}`;
 }
@@ -78,7 +78,7 @@ test('Debian boots to running; SIGTERM halts it, the launcher exits 0 and leaves
     assert.equal(await waitRunning(leader), 'running');
     // the container's cgroup: a fresh sub-cgroup, seen as / inside and writable there
     const hostView = readFileSync(`/proc/${leader}/cgroup`, 'utf8');
-    assert.match(hostView, /^0::\/mctl-t-nsc-boot\/init\.scope$/m);
+    assert.match(hostView, /^0::\/mctl-nspawn-t-nsc-boot\/init\.scope$/m);
     const inside = spawnSync('nsenter', ['-t', String(leader), '-a', 'sh', '-c', 'cat /proc/1/cgroup; mkdir /sys/fs/cgroup/unified/t-probe && rmdir /sys/fs/cgroup/unified/t-probe && echo writable'], { encoding: 'utf8' });
     assert.match(inside.stdout, /^0::\/init\.scope$/m);
     assert.match(inside.stdout, /^writable$/m);

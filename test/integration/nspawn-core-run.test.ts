@@ -64,7 +64,7 @@ function hostState(): string {
     .join('\n');
   const cgroups = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd', '/sys/fs/cgroup']
     .filter((d) => existsSync(d))
-    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-t-nsc')).map((n) => `${d}/${n}`))
+    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-nspawn-t-nsc')).map((n) => `${d}/${n}`))
     .join('\n');
   return `${mounts}\n--\n${cgroups}`;
 }

@@ -102,17 +102,71 @@ static void chown_cgroup(const char *dir, uid_t uid)
 	}
 }
 
-/* Create MOUNT/BASE/mctl-NAME and move PID there. Returns 0 and fills created, or -1. */
+/* Does a cgroup tree still hold a process? (cgroup.procs of every level; v1 has no cgroup.events) */
+static bool tree_populated(const char *path)
+{
+	char procs[4200];
+	snprintf(procs, sizeof(procs), "%s/cgroup.procs", path);
+	FILE *f = fopen(procs, "re");
+	if (f) {
+		int ch = fgetc(f);
+		fclose(f);
+		if (ch != EOF)
+			return true;
+	}
+	DIR *d = opendir(path);
+	if (!d)
+		return false;
+	bool populated = false;
+	struct dirent *e;
+	while (!populated && (e = readdir(d))) {
+		if (e->d_type != DT_DIR || !strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char sub[4400];
+		snprintf(sub, sizeof(sub), "%s/%s", path, e->d_name);
+		populated = tree_populated(sub);
+	}
+	closedir(d);
+	return populated;
+}
+
+/* A supervisor that was SIGKILLed could not remove its container's cgroup: remove such empty
+ * mctl-nspawn-* trees next to ours. Only ones older than a minute, so a sibling launcher that has
+ * just made its cgroup and not yet moved its child in is left alone. */
+static void sweep_stale(const char *parent)
+{
+	DIR *d = opendir(parent);
+	if (!d)
+		return;
+	time_t now = time(NULL);
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_type != DT_DIR || strncmp(e->d_name, "mctl-nspawn-", 12) != 0)
+			continue;
+		char sub[4400];
+		struct stat st;
+		snprintf(sub, sizeof(sub), "%s/%s", parent, e->d_name);
+		if (stat(sub, &st) < 0 || now - st.st_mtime < 60 || tree_populated(sub))
+			continue;
+		rmdir_tree(sub);
+	}
+	closedir(d);
+}
+
+/* Create MOUNT/BASE/mctl-nspawn-NAME and move PID there. Returns 0 and fills created, or -1. */
 static int place_in(const char *mount, const char *base, const struct config *c, pid_t pid, char *created, size_t len)
 {
 	const char *sep = strcmp(base, "/") == 0 ? "" : base;
-	snprintf(created, len, "%s%s/mctl-%s", mount, sep, c->name);
+	char parent[4096];
+	snprintf(parent, sizeof(parent), "%s%s", mount, sep);
+	sweep_stale(parent);
+	snprintf(created, len, "%s%s/mctl-nspawn-%s", mount, sep, c->name);
 	if (mkdir(created, 0755) < 0) {
 		if (errno != EEXIST)
 			return -1;
 		/* a left-over of a supervisor that was SIGKILLed: a tree without processes can go */
 		if (rmdir_tree(created) < 0 || mkdir(created, 0755) < 0) {
-			snprintf(created, len, "%s%s/mctl-%s-%d", mount, sep, c->name, (int)getpid());
+			snprintf(created, len, "%s%s/mctl-nspawn-%s-%d", mount, sep, c->name, (int)getpid());
 			if (mkdir(created, 0755) < 0)
 				return -1;
 		}
