@@ -18,7 +18,7 @@
 // - Teardown always runs (test hooks, SIGINT/SIGTERM, process exit) and only ever signals the
 //   nspawn process this module started, by PID. nspawn itself gets PDEATHSIG=TERM, and a box whose
 //   test process died without teardown is reaped by the next boot from its state file.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { before, after, afterEach } from 'node:test';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -94,7 +94,6 @@ export class Box {
   bootMs = 0;
   /** What `systemctl is-system-running` said when boot finished. */
   bootState = '';
-  private child: ChildProcess | undefined;
   private output = '';
   private stopping: Promise<void> | undefined;
 
@@ -172,7 +171,6 @@ export class Box {
       env,
       detached: true, // own process group: Ctrl-C reaches this process, which tears the box down in order
     });
-    this.child = child;
     this.state.nspawnPid = child.pid ?? 0;
     this.saveState();
     const keep = (chunk: Buffer): void => {
@@ -295,23 +293,27 @@ export class Box {
   /** Synchronous last resort for process exit: kill nspawn by PID, wait briefly, clean the host. */
   stopSync(): void {
     const pid = this.state.nspawnPid;
-    if (pid && this.child && this.child.exitCode === null && this.child.signalCode === null) {
+    if (pid && isAlive(pid)) {
       signalPid(pid, 'SIGKILL');
       for (let i = 0; i < 100 && isAlive(pid); i++) spawnSync('sleep', ['0.02']);
     }
+    this.leader = 0;
     cleanupHost(this.state);
     liveBoxes.delete(this);
   }
 
   private async teardown(): Promise<void> {
     const pid = this.state.nspawnPid;
-    if (pid && this.child && this.child.exitCode === null && this.child.signalCode === null) {
-      const gone = new Promise<void>((resolve) => this.child!.once('exit', () => resolve()));
-      // SIGTERM makes nspawn shut the box down in order (SIGRTMIN+3 to its systemd).
-      signalPid(pid, 'SIGTERM');
-      if (!(await within(gone, STOP_TIMEOUT_MS))) {
+    // Poll /proc rather than wait for the 'exit' event: the process may already be a zombie.
+    if (pid && isAlive(pid)) {
+      // SIGTERM makes nspawn shut a booted box down in order (SIGRTMIN+3 to its systemd). During
+      // boot PID 1 may not handle that signal yet, so a box that never booted is killed at once
+      // (its leftover processes then go with its cgroup, see removeCgroup).
+      const booted = this.bootState !== '';
+      if (booted) signalPid(pid, 'SIGTERM');
+      if (!booted || !(await until(() => !isAlive(pid), STOP_TIMEOUT_MS))) {
         signalPid(pid, 'SIGKILL');
-        await within(gone, 5_000);
+        await until(() => !isAlive(pid), 5_000);
       }
     }
     this.leader = 0;
@@ -334,7 +336,8 @@ export function useBox(options?: BoxOptions): { readonly box: Box } {
     process.stdout.write(`# box ${current.name} booted to ${current.bootState} in ${current.bootMs} ms (leader ${current.leader})\n`);
   }, { timeout: (options?.bootTimeoutMs ?? BOOT_TIMEOUT_MS) + 30_000 });
   afterEach(async (t) => {
-    if (current && !t.passed) {
+    // `passed` is in Node ≥ 20.12's TestContext, not yet in @types/node 20.
+    if (current && (t as { passed?: boolean }).passed === false) {
       const journal = await current.journal().catch((e: Error) => `(journal unavailable: ${e.message})`);
       process.stdout.write(`\n# ----- journal of box ${current.name} after failed test "${t.name}" -----\n${journal.replace(/^/gm, '# ')}\n`);
     }
@@ -420,19 +423,51 @@ function createBoxCgroups(name: string): string[] {
   return made;
 }
 
-/** rmdir a cgroup subtree bottom-up; cgroups empty out shortly after their last process exits. */
+/**
+ * Remove the box's own cgroup subtree. nspawn killed before it set up its signal handling (a boot
+ * that times out at once) leaves the box's processes running, so whatever is still in the box's
+ * cgroup is killed first — only processes of this box, which this module started.
+ */
 function removeCgroup(path: string): boolean {
   if (!existsSync(path)) return true;
-  for (let attempt = 0; attempt < 100; attempt++) {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const pids = cgroupPids(path);
+    if (pids.length > 0) {
+      if (existsSync(join(path, 'cgroup.kill'))) writeFileSync(join(path, 'cgroup.kill'), '1');
+      else for (const pid of pids) signalPid(pid, 'SIGKILL');
+    }
     try {
-      for (const entry of readdirSync(path, { withFileTypes: true })) if (entry.isDirectory()) removeCgroup(join(path, entry.name));
-      rmdirSync(path);
+      for (const dir of subdirsDeepestFirst(path)) rmdirSync(dir);
       return true;
     } catch {
+      if (Date.now() > deadline) return false;
       spawnSync('sleep', ['0.05']);
     }
   }
-  return false;
+}
+
+function cgroupPids(path: string): number[] {
+  return subdirsDeepestFirst(path).flatMap((dir) => {
+    try {
+      return readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  });
+}
+
+function subdirsDeepestFirst(path: string): string[] {
+  const out: string[] = [];
+  try {
+    for (const entry of readdirSync(path, { withFileTypes: true })) {
+      if (entry.isDirectory()) out.push(...subdirsDeepestFirst(join(path, entry.name)));
+    }
+  } catch {
+    return out;
+  }
+  out.push(path);
+  return out;
 }
 
 function cleanupHost(state: BoxState): void {
@@ -447,7 +482,7 @@ function cleanupHost(state: BoxState): void {
 }
 
 /** Boxes whose test process died without teardown (SIGKILL, crash): stop their nspawn and clean up. */
-function reapStaleBoxes(): void {
+export function reapStaleBoxes(): void {
   if (!existsSync(STATE_DIR)) return;
   for (const file of readdirSync(STATE_DIR)) {
     if (!file.endsWith('.json')) continue;
@@ -531,10 +566,11 @@ function execOk(cmd: string, args: string[]): void {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function within(p: Promise<void>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)));
-  const ok = await Promise.race([p.then(() => true), timeout]);
-  clearTimeout(timer);
-  return ok;
+async function until(pred: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) return false;
+    await sleep(25);
+  }
+  return true;
 }

@@ -1,0 +1,97 @@
+// The box harness always tears down: after stop(), after a boot that fails or times out, when the
+// test process gets SIGINT/SIGTERM, and (via PDEATHSIG + the stale-box reaper) after SIGKILL.
+// "Nothing left" = no nspawn process, mounts, cgroups, work dir, state file, loop devices or links.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { bootBox, leftovers, reapStaleBoxes, waitFor, type Box } from '../helpers/box.js';
+import { debianTree } from '../helpers/images.js';
+
+type BoxIds = Pick<Box, 'name' | 'workDir' | 'nspawnPid'>;
+const holdBox = fileURLToPath(new URL('./fixtures/hold-box.ts', import.meta.url));
+
+test('stop() removes the box, its overlays and its cgroups', async () => {
+  const box = await bootBox({ machines: { debian: debianTree() } });
+  try {
+    const running = leftovers(box);
+    // The check must be able to see a live box, or "nothing left" below would prove nothing.
+    assert.ok(running.some((l) => l.startsWith('process')), running.join(', '));
+    assert.ok(running.some((l) => l.startsWith('mount')), running.join(', '));
+    assert.ok(running.some((l) => l.startsWith('cgroup')), running.join(', '));
+  } finally {
+    await box.stop();
+  }
+  assert.deepEqual(leftovers(box), []);
+  await box.stop(); // idempotent
+});
+
+test('a boot that fails or times out cleans up and says why', async () => {
+  const failed = await bootError({ binds: [{ source: '/nonexistent/t-box-missing' }] });
+  assert.match(failed.message, /did not boot: systemd-nspawn exited \(status 1\)/);
+  assert.match(failed.message, /t-box-missing/, 'nspawn\'s own complaint is in the error');
+  const timedOut = await bootError({ bootTimeoutMs: 50 });
+  assert.match(timedOut.message, /did not boot: timed out after 50 ms/);
+  for (const err of [failed, timedOut]) {
+    const name = /box (t-box-[0-9a-f]+) did not boot/.exec(err.message)?.[1];
+    assert.ok(name, err.message);
+    assert.deepEqual(leftoversByName(name), []);
+  }
+});
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  test(`${signal} to the test process tears its box down`, async () => {
+    const { child, ids } = await startHolder();
+    child.kill(signal);
+    const code = await exitCode(child);
+    assert.equal(code, signal === 'SIGINT' ? 130 : 143);
+    assert.deepEqual(leftovers(ids), []);
+  });
+}
+
+test('SIGKILL of the test process: nspawn dies with it and the next boot reaps the rest', async () => {
+  const { child, ids } = await startHolder();
+  child.kill('SIGKILL');
+  await exitCode(child);
+  // PDEATHSIG=TERM: nspawn shuts the box down on its own.
+  await waitFor(async () => !leftovers(ids).some((l) => l.startsWith('process')), 15_000, 'orphaned nspawn to exit');
+  assert.ok(leftovers(ids).length > 0, 'host-side pieces are still there before reaping');
+  reapStaleBoxes();
+  assert.deepEqual(leftovers(ids), []);
+});
+
+async function startHolder(): Promise<{ child: ReturnType<typeof spawn>; ids: BoxIds }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', holdBox], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    const rl = createInterface({ input: child.stdout! });
+    rl.once('line', resolve);
+    child.once('exit', (code) => reject(new Error(`hold-box exited early (${code})`)));
+  });
+  return { child, ids: JSON.parse(line) as BoxIds };
+}
+
+function exitCode(child: ReturnType<typeof spawn>): Promise<number | null> {
+  if (child.exitCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
+async function bootError(options: Parameters<typeof bootBox>[0]): Promise<Error> {
+  try {
+    const box = await bootBox(options);
+    await box.stop();
+  } catch (err) {
+    return err as Error;
+  }
+  throw new Error('the box booted although it should not have');
+}
+
+/** leftovers() for a box known only by name (its boot failed, so there is no Box to ask). */
+function leftoversByName(name: string): string[] {
+  const workDirs = readdirSync('/tmp').filter((d) => d.startsWith(`mctl-box-${name}-`));
+  const cgroups = ['/sys/fs/cgroup', '/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd']
+    .filter((root) => existsSync(`${root}/cgroup.procs`) && existsSync(`${root}/mctl-${name}`))
+    .map((root) => `cgroup ${root}/mctl-${name}`);
+  return [...workDirs.map((d) => `dir /tmp/${d}`), ...cgroups, ...leftovers({ name, workDir: `/tmp/mctl-box-${name}-`, nspawnPid: 0 })];
+}
