@@ -3,12 +3,13 @@
 //
 // Stock systemd-nspawn --image=FILE cannot run on this kind of host (no udev: "--image= requires
 // access to the host's /run/ hierarchy, since we need access to udev"); the benchmark tries it
-// once and prints its answer. The reference is therefore stock systemd-nspawn -D on the SAME
-// image file, mounted once beforehand (loop + mount outside its timing), so the reference does
-// strictly less work than ours: our figure includes dissecting, attaching and mounting the image.
+// once and prints its answer. The reference is therefore stock systemd-nspawn -D on an identical
+// copy of the image file, mounted once beforehand (loop + mount outside its timing), so the
+// reference does strictly less work than ours: our figure includes dissecting, attaching and
+// mounting the image.
 //
 // "running" = `systemctl is-system-running` inside the container says running (polled every
-// 25 ms through nsenter, the same way for both). Needs root and a built tree (npm run build).
+// 25 ms through nsenter, the same way for both); a boot ending "degraded" is counted and reported. Needs root and a built tree (npm run build).
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,24 +25,28 @@ function cachedImage() {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const degraded = new Map();
 
 /** Start argv, return ms until the container's systemd says running; then stop it (untimed). */
 async function bootToRunning(argv) {
   const t0 = process.hrtime.bigint();
   const env = { ...process.env };
   delete env.DBUS_SYSTEM_BUS_ADDRESS;
-  const proc = spawn(argv[0], argv.slice(1), { stdio: 'ignore', env });
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env });
+  let stderr = '';
+  proc.stderr.on('data', (d) => (stderr += d));
   const exited = new Promise((r) => proc.once('exit', r));
   let ms = 0;
   try {
     for (;;) {
-      if (proc.exitCode !== null) throw new Error(`${argv.join(' ')} exited with ${proc.exitCode}`);
+      if (proc.exitCode !== null) throw new Error(`${argv.join(' ')} exited with ${proc.exitCode}: ${stderr.trim()}`);
       const leader = spawnSync('pgrep', ['-P', String(proc.pid)], { encoding: 'utf8' }).stdout.trim().split('\n')[0];
       if (leader) {
         const state = spawnSync('nsenter', ['-t', leader, '-m', '-p', '--', 'systemctl', 'is-system-running'], { encoding: 'utf8' }).stdout.trim();
         if (state === 'running' || state === 'degraded') {
           ms = Number(process.hrtime.bigint() - t0) / 1e6;
-          if (state !== 'running') throw new Error(`${argv[0]}: boot ended ${state}`);
+          // Under heavy load a unit may time out: the boot still finished; count it and say so.
+          if (state !== 'running') degraded.set(argv[0], (degraded.get(argv[0]) ?? 0) + 1);
           break;
         }
       }
@@ -57,18 +62,22 @@ async function bootToRunning(argv) {
 
 export default async function run() {
   const dir = mkdtempSync('/tmp/mctl-image-bench-');
+  // Two identical copies: a file must never be mounted read-write twice at once.
+  const source = cachedImage();
   const image = join(dir, 'bench-img.raw');
-  execFileSync('cp', ['--sparse=always', cachedImage(), image]);
+  const refImage = join(dir, 'bench-img-ref.raw');
+  execFileSync('cp', ['--sparse=always', source, image]);
+  execFileSync('cp', ['--sparse=always', source, refImage]);
   const stock = spawnSync('systemd-nspawn', ['-q', '--register=no', '--keep-unit', `--image=${image}`, '/bin/true'], { encoding: 'utf8' });
   console.log(`stock systemd-nspawn --image on this host: exit ${stock.status}: ${stock.stderr.trim().split('\n').pop()}`);
-  console.log('reference below: stock systemd-nspawn -D on the same image file, mounted beforehand (untimed)');
+  console.log('reference below: stock systemd-nspawn -D on an identical copy of the image file, mounted beforehand (untimed)');
 
-  // Mount the same file for the reference with plain util-linux tools: partition 1 at its offset.
-  const dump = execFileSync('sfdisk', ['--json', image], { encoding: 'utf8' });
+  // Mount the reference copy with plain util-linux tools: partition 1 at its offset.
+  const dump = execFileSync('sfdisk', ['--json', refImage], { encoding: 'utf8' });
   const part = JSON.parse(dump).partitiontable.partitions[0];
   const mnt = join(dir, 'mnt');
   execFileSync('mkdir', [mnt]);
-  const loop = execFileSync('losetup', ['--find', '--show', '--offset', String(part.start * 512), '--sizelimit', String(part.size * 512), image], { encoding: 'utf8' }).trim();
+  const loop = execFileSync('losetup', ['--find', '--show', '--offset', String(part.start * 512), '--sizelimit', String(part.size * 512), refImage], { encoding: 'utf8' }).trim();
   try {
     execFileSync('mount', [loop, mnt]);
     try {
@@ -82,6 +91,7 @@ export default async function run() {
         }),
       ];
     } finally {
+      for (const [who, n] of degraded) console.log(`note: ${n} boot(s) of ${who} ended "degraded" instead of "running"`);
       execFileSync('umount', [mnt]);
     }
   } finally {
