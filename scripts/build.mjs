@@ -17,4 +17,10 @@ if (existsSync(nativeDir)) {
     mkdirSync(join(root, 'dist/native'), { recursive: true });
     run(process.env.CC || 'cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-o', join(root, 'dist/native/mctl-nsexec'), ...sources]);
   }
+  // execve() for the launcher's start path as a tiny Node-API addon (koffi costs ~12 ms to load)
+  const addonDir = join(nativeDir, 'exec-addon');
+  if (existsSync(addonDir)) {
+    const addon = readdirSync(addonDir).filter((f) => f.endsWith('.c')).map((f) => join(addonDir, f));
+    run(process.env.CC || 'cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-shared', '-fPIC', '-o', join(root, 'dist/native/mctl-exec.node'), ...addon]);
+  }
 }

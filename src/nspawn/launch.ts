@@ -28,14 +28,42 @@ export interface LaunchHooks {
 
 export type { ContainerSpec };
 
-/** Where the built helper lives, from dist/nspawn/launch.js or (tests via tsx) src/nspawn/launch.ts. */
-export function helperPath(): string {
-  const candidates = [new URL('../native/mctl-nsexec', import.meta.url), new URL('../../dist/native/mctl-nsexec', import.meta.url)];
-  for (const c of candidates) {
-    const p = fileURLToPath(c);
+/** A file of dist/native, from dist/nspawn/launch.js or (tests via tsx) src/nspawn/launch.ts. */
+function nativeFile(name: string): string | undefined {
+  for (const base of ['../native/', '../../dist/native/']) {
+    const p = fileURLToPath(new URL(base + name, import.meta.url));
     if (existsSync(p)) return p;
   }
-  throw new UserError('the native helper mctl-nsexec is missing', { hint: 'run npm run build' });
+  return undefined;
+}
+
+export function helperPath(): string {
+  const p = nativeFile('mctl-nsexec');
+  if (!p) throw new UserError('the native helper mctl-nsexec is missing', { hint: 'run npm run build' });
+  return p;
+}
+
+type Execve = (path: string, argv: string[], env: Record<string, string>) => never;
+
+/**
+ * execve() for the hand-over to the helper: the tiny addon (dist/native/mctl-exec.node, loads in
+ * ~0.2 ms) when built, else koffi through src/sys/libc.ts (~12 ms to load).
+ */
+async function loadExecve(): Promise<Execve> {
+  const addon = nativeFile('mctl-exec.node');
+  if (addon) {
+    const mod = { exports: {} as { execve?: (path: string, argv: string[], envp: string[]) => void } };
+    process.dlopen(mod, addon);
+    const fn = mod.exports.execve;
+    if (fn) {
+      return (path, argv, env) => {
+        fn(path, argv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
+        throw new Error(`execve ${path} returned`);
+      };
+    }
+  }
+  const { execve } = await import('../sys/libc.js');
+  return (path, argv, env) => execve(path, argv, env);
 }
 
 const hex = (n: bigint): string => n.toString(16);
@@ -152,7 +180,7 @@ export function prepareHelperArgs(spec: ContainerSpec): string[] {
 export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Promise<never> {
   const args = prepareHelperArgs(spec);
   const helper = helperPath();
-  const { execve } = await import('../sys/libc.js');
+  const execve = await loadExecve();
   const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
   const afterNamespaces = hooks.afterNamespaces ?? [];
   if (afterNamespaces.length === 0) execve(helper, ['mctl-nsexec', 'run', ...args], env);
