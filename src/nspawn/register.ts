@@ -117,15 +117,20 @@ function boundDevices(mounts: readonly MountOp[]): Array<[string, string]> {
 
 /** Scope properties for CreateMachineWithNetwork (nspawn's register_machine without --keep-unit). */
 // No Controller=: after the start this process execve()s into the native supervisor, so nobody
-// would answer Scope.RequestStop and systemd would wait out its stop timeout before killing.
-// Without a controller systemd sends KillSignal= itself, which is what nspawn's handler does.
+// would answer Scope.RequestStop (which is how nspawn turns a scope stop into its kill signal
+// for PID 1). Instead systemd must signal the container itself: KillSignal= is always set, and
+// KillMode=control-group rather than nspawn's mixed, because a scope has no main process and
+// "mixed" would skip straight to SIGKILL for everything (measured in the box: no shutdown,
+// exit 1). With control-group a booted systemd gets SIGRTMIN+3 and halts cleanly (exit 0).
+function killProperties(req: RegistrationRequest): PropertyValue[] {
+  if (req.killSignal === undefined) return [];
+  return [['KillSignal', 'i', req.killSignal], ['KillMode', 's', 'control-group']];
+}
+
 export function scopeProperties(req: RegistrationRequest): PropertyValue[] {
   const props: PropertyValue[] = [];
   if (req.slice !== undefined) props.push(['Slice', 's', req.slice]);
-  if (req.killSignal !== undefined) {
-    props.push(['KillSignal', 'i', req.killSignal]);
-    props.push(['KillMode', 's', 'mixed']);
-  }
+  props.push(...killProperties(req));
   props.push(['DevicePolicy', 's', 'closed']);
   props.push(['DeviceAllow', 'a(ss)', [['/dev/net/tun', 'rwm'], ['char-pts', 'rw'], ...boundDevices(req.mounts)]]);
   for (const p of req.properties) props.push(parseUnitProperty(p));
@@ -141,11 +146,8 @@ export function transientScopeProperties(req: RegistrationRequest): PropertyValu
     ['CollectMode', 's', 'inactive-or-failed'],
     ['AddRef', 'b', true],
     ['Slice', 's', req.slice ?? 'machine.slice'],
+    ...killProperties(req),
   ];
-  if (req.killSignal !== undefined) {
-    props.push(['KillSignal', 'i', req.killSignal]);
-    props.push(['KillMode', 's', 'mixed']);
-  }
   props.push(['DevicePolicy', 's', 'closed']);
   props.push(['DeviceAllow', 'a(ss)', [['/dev/net/tun', 'rwm'], ['char-pts', 'rw'], ...boundDevices(req.mounts)]]);
   for (const p of req.properties) props.push(parseUnitProperty(p));
@@ -221,11 +223,11 @@ export class Registration {
     bus.on('error', () => undefined);
     try {
       if (plan === 'transient-scope') {
-        if (!(await this.nameHasOwner('org.freedesktop.systemd1'))) return await this.close();
+        if (!(await this.nameAvailable('org.freedesktop.systemd1'))) return await this.close();
         await this.startTransientScope(req);
         return;
       }
-      if (!(await this.nameHasOwner('org.freedesktop.machine1'))) {
+      if (!(await this.nameAvailable('org.freedesktop.machine1'))) {
         if (this.mode === 'auto') return await this.close();
         throw new UserError('org.freedesktop.machine1 is not on the bus (is mctl-machined or systemd-machined running?)');
       }
@@ -248,8 +250,20 @@ export class Registration {
       this.done = 'machine';
     } catch (err) {
       await this.close();
+      if (plan === 'transient-scope') throw new UserError(`failed to allocate scope ${req.machineName}.scope: ${busErrorText(err)}`);
       throw new UserError(`failed to register machine '${req.machineName}': ${busErrorText(err)}`);
     }
+  }
+
+  /** Owned now, or bus-activatable (systemd-machined normally starts on first use). */
+  private async nameAvailable(name: string): Promise<boolean> {
+    if (await this.nameHasOwner(name)) return true;
+    const { call } = await import('../dbus/bus.js');
+    const reply = await call(this.bus!, {
+      destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus',
+      member: 'ListActivatableNames', timeoutMs: 5000,
+    });
+    return (reply.body[0] as string[]).includes(name);
   }
 
   private async nameHasOwner(name: string): Promise<boolean> {

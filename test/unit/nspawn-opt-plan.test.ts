@@ -191,7 +191,7 @@ test('CreateMachine scope properties as nspawn sends them', () => {
   assert.deepEqual(scopeProperties(req), [
     ['Slice', 's', 'custom.slice'],
     ['KillSignal', 'i', 37],
-    ['KillMode', 's', 'mixed'],
+    ['KillMode', 's', 'control-group'],
     ['DevicePolicy', 's', 'closed'],
     ['DeviceAllow', 'a(ss)', [['/dev/net/tun', 'rwm'], ['char-pts', 'rw'], ['/dev/null', 'rw']]],
     ['MemoryMax', 't', 1024n ** 3n],

@@ -1,0 +1,99 @@
+// mctl-nspawn's registration against the real thing: inside the systemd host in a box, with
+// stock systemd-machined (bus-activated) and systemd as PID 1.
+//   default (--register=auto)  → CreateMachine: machine-NAME.scope in machine.slice, machinectl sees it
+//   --register=no              → our own transient NAME.scope via StartTransientUnit, not registered
+//   --keep-unit                → RegisterMachine: the machine is the service unit we run in
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { checkoutRoot, parseProps, useBox, waitFor, waitSystemRunning } from '../helpers/box.js';
+import { debianTree } from '../helpers/images.js';
+
+const held = useBox({ machines: { debian: debianTree() } });
+const NSPAWN = `${checkoutRoot}/bin/mctl-nspawn`;
+const ROOT = '/var/lib/machines/debian';
+
+/**
+ * Start the launcher in the background from a shell in the box (its status lands in /tmp/NAME.rc).
+ * Not as a service: see the note at the end of this file.
+ */
+async function startLauncher(name: string, args: string[]): Promise<void> {
+  const quoted = args.map((a) => `'${a}'`).join(' ');
+  await held.box.runOk(['sh', '-c', `(node ${NSPAWN} ${quoted} >/tmp/${name}.log 2>&1; echo $? >/tmp/${name}.rc) >/dev/null 2>&1 &`]);
+}
+
+async function launcherStatus(name: string): Promise<string> {
+  await waitFor(async () => (await held.box.run(['test', '-s', `/tmp/${name}.rc`])).status === 0, 30_000, `${name} launcher exit`);
+  return (await held.box.runOk(['cat', `/tmp/${name}.rc`])).trim();
+}
+
+async function unitGone(unit: string): Promise<void> {
+  const { box } = held;
+  await waitFor(async () => (await box.run(['systemctl', 'is-active', unit])).stdout.trim() !== 'active', 30_000, `${unit} stopped`);
+  await box.run(['systemctl', 'reset-failed', unit]);
+}
+
+test('default registration: stock machinectl lists the machine, its scope is in machine.slice, terminate stops it', async () => {
+  const { box } = held;
+  const name = 't-nsp-opt-a';
+  await startLauncher(name, ['-q', '-b', `--machine=${name}`, `--directory=${ROOT}`]);
+  try {
+    await waitFor(async () => (await box.run(['machinectl', 'show', name])).status === 0, 20_000, 'machine registered');
+    assert.equal(await waitSystemRunning(box, name), 'running');
+    const list = await box.runOk(['machinectl', 'list', '--no-legend']);
+    assert.match(list, new RegExp(`^${name}\\s+container\\s+mctl-nspawn\\s`, 'm'));
+    const props = parseProps(await box.runOk(['machinectl', 'show', name, '-p', 'Unit', '-p', 'Leader', '-p', 'Class', '-p', 'Service']));
+    assert.equal(props.Unit, 'machine-t\\x2dnsp\\x2dopt\\x2da.scope');
+    const cgroup = await box.runOk(['cat', `/proc/${props.Leader}/cgroup`]);
+    assert.match(cgroup, /^0::\/machine\.slice\/machine-t\\x2dnsp\\x2dopt\\x2da\.scope(\/|$)/m);
+    const scope = parseProps(await box.runOk(['systemctl', 'show', props.Unit!, '-p', 'Slice', '-p', 'DevicePolicy', '-p', 'KillSignal', '-p', 'KillMode']));
+    assert.deepEqual(scope, { Slice: 'machine.slice', DevicePolicy: 'closed', KillSignal: '37', KillMode: 'control-group' });
+    // terminate → systemd sends the kill signal (SIGRTMIN+3 = halt) to PID 1: a clean poweroff.
+    await box.runOk(['machinectl', 'terminate', name]);
+    const status = await launcherStatus(name);
+    assert.equal(status, '0', `a clean poweroff: the launcher exits 0; its output:\n${(await box.run(['cat', `/tmp/${name}.log`])).stdout}`);
+    await waitFor(async () => (await box.run(['machinectl', 'show', name])).status !== 0, 20_000, 'machine gone');
+  } finally {
+    await box.run(['machinectl', 'kill', '--signal=KILL', name]);
+  }
+});
+
+test('--register=no: a transient NAME.scope of our own, unknown to machined', async () => {
+  const { box } = held;
+  const name = 't-nsp-opt-b';
+  await startLauncher(name, ['-q', '--pipe', '--register=no', '--slice=custom.slice', `--machine=${name}`, `--directory=${ROOT}`, '/bin/sleep', '300']);
+  try {
+    await waitFor(async () => (await box.run(['systemctl', 'is-active', `${name}.scope`])).stdout.trim() === 'active', 20_000, 'scope active');
+    const scope = parseProps(await box.runOk(['systemctl', 'show', `${name}.scope`, '-p', 'Slice', '-p', 'Delegate', '-p', 'Description', '-p', 'CollectMode']));
+    assert.deepEqual(scope, { Slice: 'custom.slice', Delegate: 'yes', Description: `Container ${name}`, CollectMode: 'inactive-or-failed' });
+    assert.notEqual((await box.run(['machinectl', 'show', name])).status, 0, 'not registered');
+    const pids = (await box.runOk(['systemctl', 'show', `${name}.scope`, '-p', 'ControlGroup', '--value'])).trim();
+    assert.match(pids, /^\/custom\.slice\/t-nsp-opt-b\.scope$/);
+  } finally {
+    // Stopping the scope stops the container (SIGKILL to its PID 1 for a command container).
+    await box.run(['systemctl', 'stop', `${name}.scope`]);
+  }
+  assert.notEqual(await launcherStatus(name), '', 'the launcher ended');
+  await waitFor(async () => (await box.run(['systemctl', 'is-active', `${name}.scope`])).stdout.trim() !== 'active', 20_000, 'scope collected');
+});
+
+test('--keep-unit: RegisterMachine adopts the service unit we run in', async () => {
+  const { box } = held;
+  const name = 't-nsp-opt-c';
+  // The launcher runs in a unit of its own (a transient scope here), which machined adopts.
+  await box.runOk(['sh', '-c', `(systemd-run --scope -p Delegate=yes -p Slice=machine.slice --unit=${name}-launcher -- node ${NSPAWN} -q --pipe --keep-unit --register=yes --machine=${name} --directory=${ROOT} /bin/sleep 300 >/tmp/${name}.log 2>&1 &) >/dev/null 2>&1`]);
+  try {
+    await waitFor(async () => (await box.run(['machinectl', 'show', name])).status === 0, 20_000, 'machine registered');
+    const props = parseProps(await box.runOk(['machinectl', 'show', name, '-p', 'Unit', '-p', 'Service']));
+    assert.deepEqual(props, { Unit: `${name}-launcher.scope`, Service: 'mctl-nspawn' });
+  } finally {
+    await box.run(['systemctl', 'stop', `${name}-launcher.scope`]);
+    await unitGone(`${name}-launcher.scope`);
+  }
+  await waitFor(async () => (await box.run(['machinectl', 'show', name])).status !== 0, 20_000, 'machine gone');
+});
+
+// Note: the launchers run from a shell (or a transient scope), not as services. Started as a
+// systemd service with registration (or any other afterNamespaces hook), the runtime's hand-over
+// to the native supervisor fails today with "failed to take over the container's socket:
+// Operation not permitted" (pidfd_getfd); that is the runtime's to fix (reported), and
+// container@.service depends on it.
