@@ -89,6 +89,14 @@ export default async function run() {
           runs: 6,
           warmup: 1,
         }),
+        // What the image handling itself costs: the same launcher on the pre-mounted tree.
+        await compare({
+          name: 'image overhead: mctl-nspawn --image vs mctl-nspawn -D (pre-mounted)',
+          ours: () => bootToRunning([nspawn, '-q', '--register=no', '--console=pipe', '-b', '-M', 'bench-img', `--image=${image}`]),
+          reference: () => bootToRunning([nspawn, '-q', '--register=no', '--console=pipe', '-b', '-M', 'bench-img-dir', '-D', mnt]),
+          runs: 6,
+          warmup: 1,
+        }),
       ];
     } finally {
       for (const [who, n] of degraded) console.log(`note: ${n} boot(s) of ${who} ended "degraded" instead of "running"`);
