@@ -289,3 +289,14 @@ test('a start that fails in the launch hooks (registration without a bus) leaves
   const again = nspawnOnce([`--image=${image}`, '/bin/true']);
   assert.equal(again.status, 0, again.stderr);
 });
+
+test('a block device as --image (here a read-only loop device of the GPT image)', () => {
+  const dev = execFileSync('losetup', ['--find', '--show', '--read-only', debianImage('gpt')], { encoding: 'utf8' }).trim();
+  try {
+    const r = nspawnOnce(['-x', `--image=${dev}`, '/bin/sh', '-c', 'findmnt -n -o FSTYPE /; . /etc/os-release; echo $ID']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split('\n'), ['overlay', 'debian']);
+  } finally {
+    spawnSync('losetup', ['-d', dev]);
+  }
+});
