@@ -1,7 +1,6 @@
 // Machine identity: the machine name (-M, or the directory's name as systemd derives it), the
 // hostname and the 128-bit id exported as $container_uuid.
-import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { UserError } from '../common/errors.js';
@@ -27,6 +26,18 @@ export function ephemeralName(name: string): string {
 }
 
 const ID128 = /^[0-9a-f]{32}$/;
+
+/** Random bytes from the kernel; node:crypto would add its load time to every start. */
+function randomBytes(n: number): Buffer {
+  const buf = Buffer.alloc(n);
+  const fd = openSync('/dev/urandom', 'r');
+  try {
+    readSync(fd, buf, 0, n, null);
+  } finally {
+    closeSync(fd);
+  }
+  return buf;
+}
 
 /** The tree's /etc/machine-id when it holds a valid, non-zero id; else null ("uninitialized" included). */
 export function readTreeMachineId(root: string): string | null {

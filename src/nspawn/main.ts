@@ -100,7 +100,7 @@ runMain('mctl-nspawn', async () => {
   const image = o.image !== undefined && imageMod ? imageMod.prepareImageRoot(o.image, { readOnly: o.readOnly === true, ephemeral: o.ephemeral === true }) : undefined;
   let root: string;
   try {
-    root = prepareDirectory(image ? { ...o, directory: image.root, template: undefined } : o).root;
+    root = (await prepareDirectory(image ? { ...o, directory: image.root, template: undefined } : o)).root;
   } catch (err) {
     image?.release();
     throw err;

@@ -6,7 +6,6 @@
 // the spec asks the runtime to build them on a tmpfs inside the container's own mount
 // namespace, so they vanish with it even when the launcher is SIGKILLed. That is where we
 // differ from systemd-nspawn, whose -x copy in /.#machine.* survives a killed launcher.
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UserError } from '../common/errors.js';
@@ -27,12 +26,12 @@ export interface RootPlan {
 }
 
 /** The tree exists (or is made from --template) and looks like an OS tree: nspawn's checks. */
-export function prepareDirectory(o: ContainerOptions): { root: string; createdFromTemplate: boolean } {
+export async function prepareDirectory(o: ContainerOptions): Promise<{ root: string; createdFromTemplate: boolean }> {
   const dir = o.directory;
   if (dir === undefined) throw new UserError('no root directory given (use -D PATH)');
   let createdFromTemplate = false;
   if (o.template !== undefined && !existsSync(dir)) {
-    copyTemplate(o.template, dir);
+    await copyTemplate(o.template, dir);
     createdFromTemplate = true;
   }
   let root: string;
@@ -56,7 +55,9 @@ export function prepareDirectory(o: ContainerOptions): { root: string; createdFr
 }
 
 /** --template: copy the template tree to DIR (reflinks where the file system has them). */
-function copyTemplate(template: string, dir: string): void {
+async function copyTemplate(template: string, dir: string): Promise<void> {
+  // Loaded here: child_process is not needed on the common path.
+  const { execFileSync } = await import('node:child_process');
   let src: string;
   try {
     src = realpathSync(template);

@@ -26,28 +26,28 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 const opts = (...argv: string[]) => parseCommandLine(argv).options;
 
-test('prepareDirectory: nspawn checks, one-line errors', () => {
-  assert.equal(prepareDirectory(opts('-D', root, '-b')).root, root);
-  assert.throws(() => prepareDirectory(opts('-D', join(dir, 'nope'))), /directory .*nope does not exist/);
+test('prepareDirectory: nspawn checks, one-line errors', async () => {
+  assert.equal((await prepareDirectory(opts('-D', root, '-b'))).root, root);
+  await assert.rejects(prepareDirectory(opts('-D', join(dir, 'nope'))), /directory .*nope does not exist/);
   mkdirSync(join(dir, 'empty'), { recursive: true });
-  assert.throws(() => prepareDirectory(opts('-D', join(dir, 'empty'))), /does not look like it has an OS tree/);
+  await assert.rejects(prepareDirectory(opts('-D', join(dir, 'empty'))), /does not look like it has an OS tree/);
   mkdirSync(join(dir, 'noinit/usr'), { recursive: true });
   writeFileSync(join(dir, 'noinit/usr/os-release'), '');
   mkdirSync(join(dir, 'noinit/etc'));
   writeFileSync(join(dir, 'noinit/etc/os-release'), 'ID=x\n');
-  assert.throws(() => prepareDirectory(opts('-D', join(dir, 'noinit'), '-b')), /has no init/);
+  await assert.rejects(prepareDirectory(opts('-D', join(dir, 'noinit'), '-b')), /has no init/);
   mkdirSync(join(dir, 'noos/usr'), { recursive: true });
-  assert.throws(() => prepareDirectory(opts('-D', join(dir, 'noos'), '-b')), /does not look like an OS root directory/);
+  await assert.rejects(prepareDirectory(opts('-D', join(dir, 'noos'), '-b')), /does not look like an OS root directory/);
 });
 
-test('--template populates a missing directory, atomically', () => {
+test('--template populates a missing directory, atomically', async () => {
   const target = join(dir, 'from-template');
-  const r = prepareDirectory(opts('-D', target, '--template', root));
+  const r = await prepareDirectory(opts('-D', target, '--template', root));
   assert.equal(r.createdFromTemplate, true);
   assert.ok(existsSync(join(target, 'usr/lib/systemd/systemd')));
-  assert.equal(prepareDirectory(opts('-D', target, '--template', join(dir, 'missing'))).createdFromTemplate, false, 'existing dir: template ignored');
-  assert.throws(() => prepareDirectory(opts('-D', join(dir, 'x2'), '--template', join(dir, 'missing'))), /template .* does not exist/);
-  assert.throws(() => prepareDirectory(opts('-D', join(dir, 'no/such/parent/x'), '--template', root)), /does not exist/);
+  assert.equal((await prepareDirectory(opts('-D', target, '--template', join(dir, 'missing')))).createdFromTemplate, false, 'existing dir: template ignored');
+  await assert.rejects(prepareDirectory(opts('-D', join(dir, 'x2'), '--template', join(dir, 'missing'))), /template .* does not exist/);
+  await assert.rejects(prepareDirectory(opts('-D', join(dir, 'no/such/parent/x'), '--template', root)), /does not exist/);
 });
 
 test('root layer: ephemeral and volatile are built in the container namespace', () => {
