@@ -315,7 +315,7 @@ static void setup_proc(const struct config *c)
 	}
 }
 
-static void setup_sys(const struct config *c)
+static void setup_sys(void)
 {
 	ensure_dir(in_root("/sys"), 0555);
 	unsigned long flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
@@ -328,6 +328,17 @@ static void setup_sys(const struct config *c)
 		if (remount_bind(in_root("/sys"), true) < 0)
 			fail("failed to make /sys read-only: %s", strerror(errno));
 	}
+}
+
+/* Moving a process between cgroups costs an RCU grace period per hierarchy (~10 ms here), so
+ * the supervisor does it while we mount; the cgroup namespace needs it done. */
+static void setup_cgroup(const struct config *c, int sock)
+{
+	char tag = 0;
+	if (recv(sock, &tag, 1, 0) != 1 || tag != MSG_CGROUP)
+		_exit(1);
+	if (unshare(CLONE_NEWCGROUP) < 0)
+		fail("failed to create the cgroup namespace: %s", strerror(errno));
 	if (cgroup_mount_inside(root, c->userns) < 0)
 		fail("failed to mount cgroup file systems: %s", strerror(errno));
 }
@@ -601,8 +612,6 @@ void child_main(const struct config *c, int sock)
 	/* with a user namespace our ids are still the host's (unmapped) until we take the mapped root */
 	if (c->userns && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0))
 		fail("failed to become root in the user namespace: %s", strerror(errno));
-	if (unshare(CLONE_NEWCGROUP) < 0)
-		fail("failed to create the cgroup namespace: %s", strerror(errno));
 	if (c->hostname && *c->hostname && sethostname(c->hostname, strlen(c->hostname)) < 0)
 		fail("failed to set the hostname: %s", strerror(errno));
 
@@ -616,9 +625,10 @@ void child_main(const struct config *c, int sock)
 
 	setup_run(c);
 	setup_proc(c);
-	setup_sys(c);
+	setup_sys();
 	setup_dev(c);
 	setup_tmp();
+	setup_cgroup(c, sock);
 	apply_mount_ops(c);
 
 	int fds[3];

@@ -77,6 +77,7 @@ struct config {
 
 /* Messages on the socketpair between supervisor and container child. */
 #define MSG_GO 'G'     /* supervisor -> child: maps, cgroups and hooks are done */
+#define MSG_CGROUP 'C' /* supervisor -> child: the cgroup is placed (sent while the child mounts) */
 #define MSG_READY 'R'  /* child -> supervisor: setup done, fds attached (pty master, notify socket) */
 #define MSG_ERROR 'E'  /* child -> supervisor: one-line error text follows */
 

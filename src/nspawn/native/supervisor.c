@@ -139,6 +139,12 @@ int supervise(const struct config *c, pid_t leader, int sock)
 		die("signalfd: %s", strerror(errno));
 	}
 
+	char go = MSG_GO;
+	if (send(sock, &go, 1, MSG_NOSIGNAL) != 1) {
+		kill(leader, SIGKILL);
+		waitpid(leader, NULL, 0);
+		die("the container process died before it could start");
+	}
 	if (cgroup_place(c, leader, cg_unified, sizeof(cg_unified), cg_systemd, sizeof(cg_systemd)) < 0) {
 		int saved = errno;
 		kill(leader, SIGKILL);
@@ -146,13 +152,9 @@ int supervise(const struct config *c, pid_t leader, int sock)
 		cgroup_remove(cg_unified, cg_systemd);
 		die("failed to set up the container's cgroup: %s", strerror(saved));
 	}
-	char go = MSG_GO;
-	if (send(sock, &go, 1, MSG_NOSIGNAL) != 1) {
-		kill(leader, SIGKILL);
-		waitpid(leader, NULL, 0);
-		cgroup_remove(cg_unified, cg_systemd);
-		die("the container process died before it could start");
-	}
+	/* if the child already failed, the loop below collects its message and status */
+	char placed = MSG_CGROUP;
+	(void)send(sock, &placed, 1, MSG_NOSIGNAL);
 
 	int master = -1, slave = -1, notify = -1;
 	bool setup_failed = false, ready = false, escaped = false;
