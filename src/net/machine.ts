@@ -338,8 +338,10 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
           { chain: 'postrouting', rule: `ip6 saddr ${net6} ip6 daddr != ${net6} masquerade` },
           ...portForwardRules(req.ports, { ipv4: s.ipv4.address, ipv6: s.ipv6.address, hostIf: gwIf }),
         ];
-        await addMachineRules(cfg.table, machine, rules);
-        await ipBatch(
+        // Independent of each other: run the nft transaction and the container-side setup together.
+        await Promise.all([
+          addMachineRules(cfg.table, machine, rules),
+          ipBatch(
           [
             'link set lo up',
             'link set host0 up',
@@ -349,7 +351,8 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
             `route add ::/0 via ${s.ipv6.gateway} dev host0`,
           ],
           container,
-        );
+          ),
+        ]);
       }
       return s;
     });

@@ -273,7 +273,7 @@ function shiftFiles(root: string, paths: readonly string[], shift: number): void
 
 export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<NetUsernsSetup> {
   const plan = resolveNetwork(input.network);
-  const { resolveUidRange, resolveOwnership, chownTree, makeUserns, mountIdmapped, bindRoot, sweepIdmapDirs } = await import('./userns.js');
+  const { resolveUidRange, ownershipPlan, chownTree, makeUserns, mountIdmapped, bindRoot, sweepIdmapDirs } = await import('./userns.js');
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];
   const cleanup = async (): Promise<void> => {
@@ -304,26 +304,29 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
         keep.push(() => void lock.keepAcrossExec());
       }
       setup.userNamespace = { uidShift: range.shift, uidRange: range.range };
-      const ownership = await resolveOwnership(input.userns?.ownership ?? (privateUsers.mode === 'pick' ? 'auto' : 'off'), input.root, range.shift);
-      if (ownership === 'chown') {
-        if (!input.treeWritable) throw new UserError('--private-users-ownership=chown needs a writable tree', { hint: 'use map, or --ephemeral' });
-        chownTree(input.root, range.shift);
-        // Files the launcher (re)wrote into an already shifted tree this run (resolv.conf, localtime …).
-        shiftFiles(input.root, ['etc/resolv.conf', 'etc/localtime', 'etc/hostname', 'etc/machine-id'], range.shift);
-      }
+      const ownership = ownershipPlan(input.userns?.ownership ?? (privateUsers.mode === 'pick' ? 'auto' : 'off'), input.root, range.shift);
       // The runtime enters the tree as the container's root, unprivileged on the host: give it a
       // path it can traverse (an idmapped view for map, a plain bind otherwise).
       sweepIdmapDirs(IDMAP_DIR);
       const at = `${IDMAP_DIR}/${input.machineName}.${process.pid}`;
-      let view;
-      if (ownership === 'map') {
+      let view: ReturnType<typeof bindRoot> | null = null;
+      if (ownership === 'map' || ownership === 'map?') {
         const ns = await makeUserns(range.shift, range.range);
         try {
           view = mountIdmapped(input.root, at, ns.fd);
+        } catch (err) {
+          if (ownership === 'map') throw new UserError(`--private-users-ownership=map: idmapped mounts are not supported for ${input.root} (${err instanceof Error ? err.message : String(err)})`);
         } finally {
           ns.close();
         }
-      } else {
+      }
+      if (!view) {
+        if (ownership === 'chown' || ownership === 'map?') {
+          if (!input.treeWritable) throw new UserError('--private-users-ownership=chown needs a writable tree', { hint: 'use map, or --ephemeral' });
+          chownTree(input.root, range.shift);
+          // Files the launcher (re)wrote into an already shifted tree this run (resolv.conf, localtime …).
+          shiftFiles(input.root, ['etc/resolv.conf', 'etc/localtime', 'etc/hostname', 'etc/machine-id'], range.shift);
+        }
         view = bindRoot(input.root, at);
       }
       const m = view;

@@ -7,7 +7,7 @@
 // stock nspawn and mctl never hand out the same range), and only if NSS knows no user or group
 // at its first and last ID.
 import { randomBytes } from 'node:crypto';
-import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, mkdirSync, rmdirSync, closeSync, openSync, constants } from 'node:fs';
+import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, mkdirSync, rmdirSync, closeSync, openSync, readlinkSync, writeFileSync, constants } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { spawn } from 'node:child_process';
 import { UserError } from '../common/errors.js';
@@ -238,8 +238,9 @@ export async function makeUserns(shift: number, range: number): Promise<Userns> 
   const pid = child.pid;
   if (!pid) throw new Error('unshare --user failed to start');
   try {
-    const { readlinkSync, writeFileSync } = await import('node:fs');
     const self = readlinkSync('/proc/self/ns/user');
+    // unshare(2) happens right after the exec spawn() already waited for: poll briefly, synchronously.
+    const sleeper = new Int32Array(new SharedArrayBuffer(4));
     for (let i = 0; ; i++) {
       let ns = self;
       try {
@@ -248,8 +249,8 @@ export async function makeUserns(shift: number, range: number): Promise<Userns> 
         /* not yet */
       }
       if (ns !== self) break;
-      if (i > 400) throw new Error('unshare --user did not create a namespace');
-      await new Promise((r) => setTimeout(r, 2));
+      if (i > 4000) throw new Error('unshare --user did not create a namespace');
+      Atomics.wait(sleeper, 0, 0, 0.25);
     }
     writeFileSync(`/proc/${pid}/uid_map`, `0 ${shift} ${range}\n`);
     writeFileSync(`/proc/${pid}/setgroups`, 'deny');
@@ -384,6 +385,18 @@ export function sweepIdmapDirs(dir: string): void {
       /* keep */
     }
   }
+}
+
+/**
+ * The decision before any probing: 'map?' means "auto: map if this filesystem and kernel support
+ * idmapped mounts, else chown" — the caller tries the mount (with the userns it needs anyway).
+ */
+export function ownershipPlan(mode: Ownership, root: string, shift: number): 'off' | 'chown' | 'map' | 'map?' {
+  if (mode !== 'auto') return mode;
+  const recorded = treeShift(root);
+  if (recorded !== null && recorded !== 0) return 'chown';
+  if (shift === 0) return 'off';
+  return 'map?';
 }
 
 /** auto = map when this filesystem supports idmapped mounts, else chown; a tree shifted before keeps chown. */

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, readFileSync, readdirSync, readlinkSync, existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from '../helpers/images.js';
@@ -37,7 +37,8 @@ after(() => {
 const exited = (p: ChildProcess): Promise<unknown> => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((res) => p.once('exit', res)));
 
 function leaderOf(supervisor: number): number {
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 600; i++) {
+    if (!existsSync(`/proc/${supervisor}`)) throw new Error('the launcher exited before the container started');
     const kids = run(['pgrep', '-P', String(supervisor)]).stdout.trim().split('\n').filter(Boolean).map(Number);
     for (const k of kids) {
       // The container is the child in another PID namespace (not the short-lived `unshare --user`
