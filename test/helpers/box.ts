@@ -327,13 +327,24 @@ export const bootBox = (options?: BoxOptions): Promise<Box> => Box.boot(options)
 
 /**
  * node:test wiring for one box per test file: boots in before(), dumps the box's journal into the
- * test output after any failed test, stops in after(). Tests read the box from the returned holder.
+ * test output after any failed test, stops in after(). `setup` runs once after boot (install units…).
+ * Tests read the box from the returned holder.
  */
-export function useBox(options?: BoxOptions): { readonly box: Box } {
+export function useBox(options?: BoxOptions, setup?: (box: Box) => Promise<void>): { readonly box: Box } {
   let current: Box | undefined;
+  // One hook for boot and setup: node:test does not wait for one top-level before() to finish
+  // before starting the next.
   before(async () => {
-    current = await bootBox(options);
-    process.stdout.write(`# box ${current.name} booted to ${current.bootState} in ${current.bootMs} ms (leader ${current.leader})\n`);
+    const box = await bootBox(options);
+    process.stdout.write(`# box ${box.name} booted to ${box.bootState} in ${box.bootMs} ms (leader ${box.leader})\n`);
+    try {
+      await setup?.(box);
+    } catch (err) {
+      process.stdout.write(`# ----- journal of box ${box.name} after its setup failed -----\n${(await box.journal()).replace(/^/gm, '# ')}\n`);
+      await box.stop();
+      throw err;
+    }
+    current = box;
   }, { timeout: (options?.bootTimeoutMs ?? BOOT_TIMEOUT_MS) + 30_000 });
   afterEach(async (t) => {
     // `passed` is in Node ≥ 20.12's TestContext, not yet in @types/node 20.
@@ -373,6 +384,44 @@ export function leftovers(box: Pick<Box, 'name' | 'workDir' | 'nspawnPid'>): str
   const links = spawnSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' }).stdout ?? '';
   for (const l of links.split('\n')) if (l.includes(box.name)) found.push(`link ${l.split(':')[1]?.trim()}`);
   return found;
+}
+
+/**
+ * Install mctl into the box the way the units' comments tell an administrator to: executables on
+ * PATH in /usr/local/bin (links into the read-only checkout, built beforehand with npm run build),
+ * unit files in /etc/systemd/system, the D-Bus policy and tmpfiles entries. With `machined`,
+ * systemd-machined is masked and mctl-machined enabled and started: it then owns
+ * org.freedesktop.machine1 for every client in the box.
+ */
+export async function installMctl(box: Box, opts: { machined?: boolean } = {}): Promise<void> {
+  const units = `${checkoutRoot}/units`;
+  await box.runOk(['sh', '-ec', `
+    for b in mctl mctl-nspawn mctl-machined; do ln -sf ${checkoutRoot}/bin/$b /usr/local/bin/$b; done
+    cp ${units}/mctl-machined.service ${units}/container@.service ${units}/machines.target /etc/systemd/system/
+    cp ${units}/org.freedesktop.machine1.conf /etc/dbus-1/system.d/
+    cp ${units}/mctl-machined.tmpfiles /etc/tmpfiles.d/mctl-machined.conf
+    systemd-tmpfiles --create /etc/tmpfiles.d/mctl-machined.conf
+    systemctl daemon-reload
+    systemctl reload dbus.service
+  `]);
+  if (opts.machined) await useMctlMachined(box);
+}
+
+/** Replace systemd-machined by mctl-machined as the owner of org.freedesktop.machine1. */
+export async function useMctlMachined(box: Box): Promise<void> {
+  await box.runOk(['sh', '-ec', `
+    systemctl mask --now systemd-machined.service
+    systemctl enable --now mctl-machined.service
+  `]);
+}
+
+/** Back to stock systemd-machined (bus-activated again on first use). */
+export async function useSystemdMachined(box: Box): Promise<void> {
+  await box.runOk(['sh', '-ec', `
+    systemctl disable --now mctl-machined.service
+    systemctl unmask systemd-machined.service
+    systemctl start systemd-machined.service
+  `]);
 }
 
 /** `systemctl show` / `machinectl show` output (KEY=VALUE lines) as a record. */
