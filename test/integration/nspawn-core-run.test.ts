@@ -256,3 +256,20 @@ test('with a user namespace the container process runs as the shifted uid on the
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('payload identity: user from the container\'s passwd, supplementary groups, chdir, environment, ambient capabilities', () => {
+  const r = driver(
+    baseSpec(['/bin/sh', '-c', 'id -u; id -g; pwd; echo "$HOME:$USER:$GREETING"; grep -E "^Cap(Amb|Eff):" /proc/self/status'], {
+      payload: { kind: 'command', argv: ['/bin/sh', '-c', 'id -u; id -g; pwd; echo "$HOME:$USER:$GREETING"; grep -E "^Cap(Amb|Eff):" /proc/self/status'], asPid2: false, user: 'nobody', chdir: '/tmp', env: { GREETING: 'hi' } },
+      capabilities: { bounding: defaultBoundingSet(false), ambient: [10] },
+    }),
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const lines = r.stdout.trim().split('\n');
+  assert.equal(lines[0], '65534');
+  assert.equal(lines[1], '65534');
+  assert.equal(lines[2], '/tmp');
+  assert.equal(lines[3], '/nonexistent:nobody:hi');
+  assert.match(r.stdout, /^CapEff:\s+0000000000000400$/m);
+  assert.match(r.stdout, /^CapAmb:\s+0000000000000400$/m);
+});
