@@ -273,6 +273,10 @@ function shiftFiles(root: string, paths: readonly string[], shift: number): void
 
 export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<NetUsernsSetup> {
   const plan = resolveNetwork(input.network);
+  if (plan.namespacePath) {
+    // Joining an existing namespace needs setns() in the runtime before the container forks; not there yet.
+    throw new UserError('--network-namespace-path= is not supported by this build yet');
+  }
   const { resolveUidRange, ownershipPlan, chownTree, makeUserns, mountIdmapped, bindRoot, sweepIdmapDirs } = await import('./userns.js');
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];

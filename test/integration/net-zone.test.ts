@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { setupMachineNetwork, getLink, collect, type NetConfig, type MachineNetworkRequest } from '../../src/net/index.js';
 import { listTableRules } from '../../src/net/nft.js';
 import { resolveNetwork, NETWORK_OPTIONS, type NetworkSettings, type UsernsSettings } from '../../src/nspawn/network.js';
-import { makeNetns, startServer, query, must, type Netns } from '../helpers/netns.js';
+import { makeNetns, startServer, query, must, run, type Netns } from '../helpers/netns.js';
 
 const id = randomBytes(2).toString('hex');
 const r = parseInt(id.slice(0, 2), 16);
@@ -102,4 +102,35 @@ test('option layer: nspawn conflict rules and malformed values', () => {
   assert.throws(() => parse(['network-veth-extra', 'a:b:c']), /invalid --network-veth-extra/);
   assert.deepEqual(parse(['network-veth-extra', 'hx']).vethExtra, [{ host: 'hx', container: 'hx' }]);
   assert.throws(() => parse(['network-auto', 'maybe']), /invalid --network-auto/);
+});
+
+test('--network-interface moves a link in; --network-macvlan/--network-ipvlan create mv-/iv- links inside', async () => {
+  const c = await makeNetns();
+  spaces.push(c);
+  const name = `t-nz-${id}-if`;
+  const [a, b, m] = [`tia${id}`, `tib${id}`, `tim${id}`];
+  must(['ip', 'link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+  must(['ip', 'link', 'add', m, 'type', 'veth', 'peer', 'name', `${m}p`]);
+  // This CI kernel may lack ipvlan: then asking for it must fail cleanly instead.
+  const ipvlanOk = run(['sh', '-c', `ip link add link ${b} name tiv${id} type ipvlan mode l2 && ip link del tiv${id}`]).status === 0;
+  try {
+    if (!ipvlanOk) {
+      await assert.rejects(setupMachineNetwork(req(name, c.pid, { zone: null, veth: false, ipvlan: [b], auto: false }), cfg), /network setup for .* failed: ip: .*Unknown device type/);
+      assert.equal(must(['nsenter', `--net=${c.path}`, 'ip', '-br', 'link']).trim().split('\n').length, 1, 'nothing but lo inside');
+    }
+    const net = await setupMachineNetwork(req(name, c.pid, { zone: null, veth: false, interfaces: [a], macvlan: [m], ipvlan: ipvlanOk ? [b] : [], auto: false }), cfg);
+    const inside = must(['nsenter', `--net=${c.path}`, 'ip', '-br', 'link']);
+    assert.match(inside, new RegExp(`^${a}\\b`, 'm'), 'moved interface inside');
+    assert.equal(await getLink(a), null, 'and gone from the host');
+    assert.match(inside, new RegExp(`^mv-${m}@`, 'm'));
+    if (ipvlanOk) assert.match(inside, new RegExp(`^iv-${b}@`, 'm'));
+    await net.teardown();
+    assert.equal(await listTableRules(cfg.table), null, 'no NAT without veth/zone');
+  } finally {
+    c.kill();
+    await new Promise((res) => setTimeout(res, 200));
+    run(['ip', 'link', 'del', a]);
+    run(['ip', 'link', 'del', b]);
+    run(['ip', 'link', 'del', m]);
+  }
 });

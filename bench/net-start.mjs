@@ -1,0 +1,48 @@
+// What networking and user namespaces add to start latency, ours vs systemd-nspawn 252, side by
+// side: `/bin/true` on the Debian test tree (read-only) with --network-veth + --port, and with
+// -U (picked range, idmapped root), each also as the difference to a plain start of the same
+// program. Ours does more here (addresses, default routes, NAT, loopback-capable forwards);
+// stock nspawn only creates the link and the DNAT rules. Stock nspawn needs a bus for
+// --network-veth, so a private dbus-daemon is started for it. Our collector (which removes the
+// rules after each run) runs in the background and is not timed.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { compare, timeCommand } from './lib.mjs';
+import { OURS, debianTree } from './nspawn-common.mjs';
+
+export default async function run() {
+  const tree = debianTree();
+  const dir = mkdtempSync('/tmp/mctl-bench-net-');
+  const bus = spawnSync('dbus-daemon', ['--session', `--address=unix:path=${dir}/bus`, '--fork', '--print-pid'], { encoding: 'utf8' });
+  const busPid = Number(bus.stdout.trim());
+  const env = {
+    ...process.env,
+    DBUS_SYSTEM_BUS_ADDRESS: `unix:path=${dir}/bus`,
+    MCTL_NET_TABLE: 'mctlbench',
+    MCTL_NET_STATE_DIR: `${dir}/net`,
+    MCTL_NET_POOL4: '10.245.0.0/20',
+  };
+  const time = (argv) => () => timeCommand(argv, { env });
+  const common = ['-q', '--register=no', '--keep-unit', '--read-only', '--timezone=off', '--resolv-conf=off', '-D', tree];
+  const ref = ['systemd-nspawn', ...common];
+  const ours = [OURS, '--console=pipe', ...common];
+  const veth = ['-M', 'bench-net', '--network-veth', '-p', '18777:80'];
+  const userns = ['-M', 'bench-userns', '--private-users=pick', '--private-users-ownership=map'];
+  const tru = ['/bin/true'];
+  const diff = (a, b) => () => timeCommand(a, { env }) - timeCommand(b, { env });
+  try {
+    return [
+      await compare({ name: 'start --network-veth -p (wall)', ours: time([...ours, ...veth, ...tru]), reference: time([...ref, ...veth, ...tru]), runs: 15 }),
+      await compare({ name: 'added by --network-veth -p', ours: diff([...ours, ...veth, ...tru], [...ours, ...tru]), reference: diff([...ref, ...veth, ...tru], [...ref, ...tru]), runs: 15 }),
+      await compare({ name: 'start -U map (wall)', ours: time([...ours, ...userns, ...tru]), reference: time([...ref, ...userns, ...tru]), runs: 15 }),
+      await compare({ name: 'added by -U map', ours: diff([...ours, ...userns, ...tru], [...ours, ...tru]), reference: diff([...ref, ...userns, ...tru], [...ref, ...tru]), runs: 15 }),
+    ];
+  } finally {
+    if (busPid) process.kill(busPid);
+    // Give the last collector a moment, then drop anything of the benchmark's that is left.
+    await new Promise((r) => setTimeout(r, 1500));
+    spawnSync('nft', ['delete', 'table', 'inet', 'mctlbench'], { stdio: 'ignore' });
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+if (import.meta.url === `file://${process.argv[1]}`) await run();
