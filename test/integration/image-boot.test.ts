@@ -300,3 +300,20 @@ test('a block device as --image (here a read-only loop device of the GPT image)'
     spawnSync('losetup', ['-d', dev]);
   }
 });
+
+test('images work with a private user namespace (-U) and a veth link (-n)', () => {
+  const image = copyImage(debianImage('gpt'), join(dir, 't-img-userns.raw'));
+  const clean = residue();
+  const u = nspawnOnce(['-U', '-M', 't-img-u', `--image=${image}`, '/bin/sh', '-c', 'cat /proc/self/uid_map; id -u; stat -c %u /etc/hostname']);
+  assert.equal(u.status, 0, u.stderr);
+  const [map, uid, owner] = u.stdout.trim().split('\n').map((l) => l.trim());
+  const [inner, outer] = (map ?? '').split(/\s+/).map(Number);
+  assert.equal(inner, 0);
+  assert.ok((outer ?? 0) > 0, `shifted: ${map}`);
+  assert.equal(uid, '0');
+  assert.equal(owner, '0', 'files owned by root inside the container');
+  const n = nspawnOnce(['-n', '-M', 't-img-n', `--image=${image}`, '/bin/sh', '-c', 'ip -br link show host0']);
+  assert.equal(n.status, 0, n.stderr);
+  assert.match(n.stdout, /^host0@/);
+  assert.deepEqual(residue(), clean);
+});
