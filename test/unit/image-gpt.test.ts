@@ -263,3 +263,56 @@ test('superblock probing: xfs, btrfs, erofs, vfat and swap magics at their offse
   writeFileSync(erofs, img);
   assert.deepEqual(dissectImage(erofs).partitions.map((p) => [p.fstype, p.readOnly]), [['erofs', true]]);
 });
+
+test('GPT with 4096-byte sectors (built by hand: sfdisk here cannot)', () => {
+  const ss = 4096;
+  const totalSectors = 2048; // 8 MiB
+  const img = Buffer.alloc(totalSectors * ss);
+  // Protective MBR.
+  img[446 + 4] = 0xee;
+  img.writeUInt32LE(1, 446 + 8);
+  img.writeUInt32LE(totalSectors - 1, 446 + 12);
+  img[510] = 0x55;
+  img[511] = 0xaa;
+  const entries = Buffer.alloc(128 * 128);
+  guidToBytes(ROOT_X64).copy(entries, 0);
+  guidToBytes('11111111-2222-3333-4444-555555555555').copy(entries, 16);
+  entries.writeBigUInt64LE(256n, 32);
+  entries.writeBigUInt64LE(511n, 40);
+  Buffer.from('root', 'utf16le').copy(entries, 56);
+  const header = (current: bigint, backup: bigint, entriesLba: bigint): Buffer => {
+    const h = Buffer.alloc(92);
+    h.write('EFI PART', 0, 'latin1');
+    h.writeUInt32LE(0x00010000, 8);
+    h.writeUInt32LE(92, 12);
+    h.writeBigUInt64LE(current, 24);
+    h.writeBigUInt64LE(backup, 32);
+    h.writeBigUInt64LE(6n, 40);
+    h.writeBigUInt64LE(BigInt(totalSectors - 6), 48);
+    guidToBytes('aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee').copy(h, 56);
+    h.writeBigUInt64LE(entriesLba, 72);
+    h.writeUInt32LE(128, 80);
+    h.writeUInt32LE(128, 84);
+    h.writeUInt32LE(crc32(entries), 88);
+    h.writeUInt32LE(crc32(h), 16);
+    return h;
+  };
+  const last = BigInt(totalSectors - 1);
+  header(1n, last, 2n).copy(img, ss);
+  entries.copy(img, 2 * ss);
+  entries.copy(img, (totalSectors - 5) * ss);
+  header(last, 1n, BigInt(totalSectors - 5)).copy(img, (totalSectors - 1) * ss);
+  const path = join(dir, 'gpt4k.raw');
+  writeFileSync(path, img);
+  const table = readPartitionTable(path);
+  assert.ok(table);
+  assert.equal(table.sectorSize, 4096);
+  assert.equal(table.diskUuid, 'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee');
+  assert.deepEqual(table.partitions.map((p) => [p.type, p.uuid, p.label, p.offset, p.size]), [
+    [ROOT_X64, '11111111-2222-3333-4444-555555555555', 'root', 256 * ss, 256 * ss],
+  ]);
+  // Damage the primary header: the backup at the last 4 KiB sector is used.
+  img[ss + 30] = (img[ss + 30] as number) ^ 0xff;
+  writeFileSync(path, img);
+  assert.equal(readPartitionTable(path)?.usedBackup, true);
+});
