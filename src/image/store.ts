@@ -6,7 +6,6 @@
 // image) or a block device node. Names starting with "." are hidden; ".#…" entries are temporary
 // files of in-flight operations and lock files and are never images. ".host" is the host's "/".
 import { accessSync, constants as fsc, existsSync, openSync, closeSync, readdirSync, statSync, chmodSync, renameSync, type BigIntStats } from 'node:fs';
-import { execFile } from 'node:child_process';
 import type { RmOptions } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { isValidImageName } from '../common/names.js';
@@ -255,7 +254,8 @@ function tempName(dir: string, name: string): string {
   return join(dir, `.#${name}.${process.pid.toString(36)}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`);
 }
 
-// node:fs/promises is loaded on first use: the launcher imports this module on every start.
+// node:fs/promises and node:child_process are loaded on first use: the launcher imports this
+// module on every --image start.
 async function rm(path: string, options: RmOptions): Promise<void> {
   await (await import('node:fs/promises')).rm(path, options);
 }
@@ -264,7 +264,8 @@ async function copyFile(source: string, target: string): Promise<void> {
   await (await import('node:fs/promises')).copyFile(source, target);
 }
 
-function run(cmd: string, args: readonly string[]): Promise<void> {
+async function run(cmd: string, args: readonly string[]): Promise<void> {
+  const { execFile } = await import('node:child_process');
   return new Promise((resolve, reject) => {
     execFile(cmd, args, { maxBuffer: 1 << 20 }, (err, _out, stderr) => {
       if (!err) return resolve();

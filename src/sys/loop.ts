@@ -7,7 +7,7 @@
 // are gone. LOOP_CONFIGURE (Linux 5.8) does it in one ioctl; older kernels go through
 // util-linux `losetup` and then get autoclear set with LOOP_SET_STATUS64.
 import { closeSync, constants as fsc, openSync, readFileSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { ioctlBuffer, ioctlInt } from './libc.js';
 import { SysError } from './errno.js';
 
@@ -138,6 +138,8 @@ function attachLosetup(file: string, opts: LoopOptions): LoopDevice {
   if (opts.sizeLimit) args.push('--sizelimit', String(opts.sizeLimit));
   if (opts.readOnly) args.push('--read-only');
   args.push('--', file);
+  // node:child_process only on this (old-kernel) path, off the launcher's start path.
+  const { execFileSync } = createRequire(import.meta.url)('node:child_process') as typeof import('node:child_process');
   let out: string;
   try {
     out = execFileSync('losetup', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
