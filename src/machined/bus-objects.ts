@@ -7,6 +7,7 @@
 import { closeSync, readFileSync } from 'node:fs';
 import dbus, { type Message, type MessageBus } from 'dbus-next';
 import { BusError, ERR, toBusError } from './errors.js';
+import { marshalMethodReturn } from './fast-marshal.js';
 
 export interface Arg {
   name: string;
@@ -189,7 +190,7 @@ function isHandlerResult(v: unknown): v is HandlerResult {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && Array.isArray((v as HandlerResult).body);
 }
 
-type StreamLike = { writableLength?: number; once?(ev: string, fn: () => void): void };
+type StreamLike = { writableLength?: number; once?(ev: string, fn: () => void): void; write?(chunk: Buffer): boolean };
 
 export class ObjectDispatcher {
   private readonly handler = (msg: Message): boolean => this.onMessage(msg);
@@ -232,7 +233,10 @@ export class ObjectDispatcher {
       return;
     }
     try {
-      this.bus.send(dbus.Message.newMethodReturn(msg, result.signature, result.body));
+      const stream = this.stream();
+      const raw = !result.closeFds?.length && stream?.write ? marshalMethodReturn(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.body) : undefined;
+      if (raw && stream?.write) stream.write(raw);
+      else this.bus.send(dbus.Message.newMethodReturn(msg, result.signature, result.body));
     } catch (err) {
       this.replyError(msg, new BusError(ERR.Failed, `Could not send reply: ${toBusError(err).message}`));
     }
@@ -248,9 +252,14 @@ export class ObjectDispatcher {
     }
   }
 
+  /** The connection's socket stream (dbus-next keeps it private). */
+  private stream(): StreamLike | undefined {
+    return (this.bus as unknown as { _connection?: { stream?: StreamLike } })._connection?.stream;
+  }
+
   /** sendmsg() has copied fds into the kernel once the socket took the message. */
   private closeAfterWrite(fds: number[]): void {
-    const stream = (this.bus as unknown as { _connection?: { stream?: StreamLike } })._connection?.stream;
+    const stream = this.stream();
     const close = (): void => fds.forEach(closeQuietly);
     if (stream?.writableLength && stream.once) stream.once('drain', close);
     else close();

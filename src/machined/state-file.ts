@@ -1,7 +1,7 @@
 // Per-machine state files, in the format systemd-machined keeps under /run/systemd/machines
 // (key=value, C-escaped values, written atomically via a temp file + rename), plus the
 // "unit:UNIT" → NAME symlink for reverse lookup.
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Machine, MachineClass } from './machine.js';
 import { isValidHostname } from '../common/names.js';
@@ -115,14 +115,17 @@ export class StateStore {
     mkdirSync(this.dir, { recursive: true, mode: 0o755 });
   }
 
-  /** Write atomically: a crash leaves either the old or the new file, never half of one. */
+  /**
+   * Write atomically: a crash of the service leaves either the old or the new file, never half
+   * of one. No fsync, like systemd: the directory lives on /run (tmpfs) and does not outlive a
+   * reboot anyway, and an fsync per registration would cost milliseconds on a disk.
+   */
   save(m: Machine): void {
     const path = join(this.dir, m.name);
     const tmp = join(this.dir, `.#${m.name}.${process.pid}`);
     const fd = openSync(tmp, 'w', 0o644);
     try {
       writeSync(fd, serializeMachine(m));
-      fsyncSync(fd);
     } finally {
       closeSync(fd);
     }

@@ -3,6 +3,7 @@
 // /sys/fs/cgroup/unified), or legacy v1 only. A cgroup is named by its path relative to the
 // hierarchy root ("/machine.slice/machine-foo.scope"); this module maps it to directories.
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { readdir, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export type CgroupLayout = 'unified' | 'hybrid' | 'legacy';
@@ -155,6 +156,29 @@ export function removeCgroup(cgroup: string): void {
     }
   };
   for (const dir of trackingDirs(cgroup)) rm(dir);
+}
+
+/**
+ * removeCgroup() without blocking the event loop: rmdir of a cgroup waits for the kernel to
+ * take its controllers offline (an RCU grace period, often milliseconds), so a service that
+ * removes many of them does it on the thread pool.
+ */
+export async function removeCgroupAsync(cgroup: string): Promise<void> {
+  const rm = async (d: string): Promise<void> => {
+    let entries: string[] = [];
+    try {
+      entries = (await readdir(d, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
+    } catch {
+      return;
+    }
+    for (const e of entries) await rm(join(d, e));
+    try {
+      await rmdir(d);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  };
+  await Promise.all(trackingDirs(cgroup).map((d) => rm(d)));
 }
 
 /**

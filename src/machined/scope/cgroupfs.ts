@@ -15,6 +15,7 @@ import {
   enableControllers,
   pidCgroup,
   removeCgroup,
+  removeCgroupAsync,
   trackingDirs,
   unitOfCgroup,
 } from '../../sys/cgroup.js';
@@ -185,7 +186,7 @@ export class CgroupfsBackend implements ScopeBackend {
     // Only the scopes we created are ours to remove, and only once nothing lives there.
     if (m.ownsScope && m.cgroup && !cgroupPopulated(m.cgroup)) {
       try {
-        removeCgroup(m.cgroup);
+        await removeCgroupAsync(m.cgroup);
       } catch {
         // EBUSY: a process slipped in; the next start of this name reuses the directory
       }
