@@ -273,3 +273,26 @@ test('payload identity: user from the container\'s passwd, supplementary groups,
   assert.match(r.stdout, /^CapEff:\s+0000000000000400$/m);
   assert.match(r.stdout, /^CapAmb:\s+0000000000000400$/m);
 });
+
+test('SIGKILL of the launcher takes the container down with it and leaves no mounts', async () => {
+  const before = hostState().split('\n--\n')[0];
+  const child = spawn(BIN, ['-q', '--register=no', '--console=pipe', '--read-only', '-M', 't-nsc-kill', '-D', tree, '/bin/sleep', '100'], { stdio: 'ignore' });
+  let leader = 0;
+  const deadline = Date.now() + 10_000;
+  while (!leader && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    try {
+      const kids = readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+      for (const k of kids) if (readFileSync(`/proc/${k}/comm`, 'utf8').trim() === 'sleep') leader = Number(k);
+    } catch {
+      // not started yet
+    }
+  }
+  assert.ok(leader > 0, 'the container started');
+  child.kill('SIGKILL');
+  await new Promise((r) => child.on('exit', r));
+  const gone = Date.now() + 5000;
+  while (existsSync(`/proc/${leader}`) && Date.now() < gone) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(!existsSync(`/proc/${leader}`), 'the container died with its supervisor');
+  assert.equal(hostState().split('\n--\n')[0], before);
+});

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <time.h>
@@ -130,27 +131,48 @@ static bool tree_populated(const char *path)
 	return populated;
 }
 
-/* A supervisor that was SIGKILLed could not remove its container's cgroup: remove such empty
- * mctl-nspawn-* trees next to ours. Only ones older than a minute, so a sibling launcher that has
- * just made its cgroup and not yet moved its child in is left alone. */
+/* Every live supervisor holds flock(LOCK_EX) on its container's cgroup directory. A supervisor
+ * that was SIGKILLed could not remove its cgroup; its lock died with it: remove such unlocked,
+ * empty mctl-nspawn-* trees next to ours. */
 static void sweep_stale(const char *parent)
 {
 	DIR *d = opendir(parent);
 	if (!d)
 		return;
-	time_t now = time(NULL);
 	struct dirent *e;
 	while ((e = readdir(d))) {
 		if (e->d_type != DT_DIR || strncmp(e->d_name, "mctl-nspawn-", 12) != 0)
 			continue;
 		char sub[4400];
-		struct stat st;
 		snprintf(sub, sizeof(sub), "%s/%s", parent, e->d_name);
-		if (stat(sub, &st) < 0 || now - st.st_mtime < 60 || tree_populated(sub))
+		int fd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
 			continue;
-		rmdir_tree(sub);
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0 && !tree_populated(sub))
+			rmdir_tree(sub);
+		close(fd);
 	}
 	closedir(d);
+}
+
+/* mkdir + lock; 0, or -1 with errno. A sweeper may take a just-made directory for stale
+ * between the two: then it is gone and we make it again. */
+static int make_locked(const char *path)
+{
+	for (int tries = 0; tries < 3; tries++) {
+		if (mkdir(path, 0755) < 0)
+			return -1;
+		int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd >= 0 && flock(fd, LOCK_EX) == 0) {
+			struct stat st;
+			if (stat(path, &st) == 0)
+				return 0; /* fd stays open: the lock lives as long as this supervisor */
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	errno = EBUSY;
+	return -1;
 }
 
 /* Create MOUNT/BASE/mctl-nspawn-NAME and move PID there. Returns 0 and fills created, or -1. */
@@ -161,15 +183,13 @@ static int place_in(const char *mount, const char *base, const struct config *c,
 	snprintf(parent, sizeof(parent), "%s%s", mount, sep);
 	sweep_stale(parent);
 	snprintf(created, len, "%s%s/mctl-nspawn-%s", mount, sep, c->name);
-	if (mkdir(created, 0755) < 0) {
+	if (make_locked(created) < 0) {
 		if (errno != EEXIST)
 			return -1;
-		/* a left-over of a supervisor that was SIGKILLed: a tree without processes can go */
-		if (rmdir_tree(created) < 0 || mkdir(created, 0755) < 0) {
-			snprintf(created, len, "%s%s/mctl-nspawn-%s-%d", mount, sep, c->name, (int)getpid());
-			if (mkdir(created, 0755) < 0)
-				return -1;
-		}
+		/* taken by a running container of the same name (names are unique only when registered) */
+		snprintf(created, len, "%s%s/mctl-nspawn-%s-%d", mount, sep, c->name, (int)getpid());
+		if (make_locked(created) < 0)
+			return -1;
 	}
 	char procs[4200], num[32];
 	snprintf(procs, sizeof(procs), "%s/cgroup.procs", created);
