@@ -7,7 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { debianTree } from '../helpers/images.js';
+import { overlayTree, type TestTree } from './nspawn-opt-tree.js';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const NSPAWN = join(repo, 'bin/mctl-nspawn');
@@ -15,6 +15,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let work: string;
 let tree: string;
+let treeMount: TestTree | undefined;
 
 function env(): NodeJS.ProcessEnv {
   const e = { ...process.env };
@@ -40,11 +41,15 @@ function treeListing(): string {
 before(() => {
   work = mkdtempSync('/tmp/mctl-nspawn-opt-eph-');
   tree = join(work, 'tree');
-  assert.equal(spawnSync('cp', ['-a', '--reflink=auto', debianTree(), tree]).status, 0);
+  treeMount = overlayTree(work);
+  tree = treeMount.path;
   writeFileSync(join(work, 'stamp'), '');
 });
 
-after(() => rmSync(work, { recursive: true, force: true }));
+after(() => {
+  treeMount?.release();
+  rmSync(work, { recursive: true, force: true });
+});
 
 test('-x: writes are discarded, the machine name gets a random suffix, nothing is left', () => {
   const before = hostTraces();

@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MessageBus } from 'dbus-next';
-import { debianTree } from '../helpers/images.js';
+import { overlayTree, type TestTree } from './nspawn-opt-tree.js';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus-daemon.js';
 import { connectBus, call } from '../../src/dbus/bus.js';
 
@@ -18,6 +18,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let work: string;
 let tree: string;
+let treeMount: TestTree | undefined;
 let bus: PrivateBus;
 let client: MessageBus;
 let machined: ChildProcess | null = null;
@@ -87,7 +88,8 @@ before(async () => {
   work = mkdtempSync('/tmp/mctl-nspawn-opt-reg-');
   stateDir = join(work, 'state');
   tree = join(work, 'tree');
-  assert.equal(spawnSync('cp', ['-a', '--reflink=auto', debianTree(), tree]).status, 0);
+  treeMount = overlayTree(work);
+  tree = treeMount.path;
   bus = await startPrivateBus();
   client = connectBus(bus.env['DBUS_SYSTEM_BUS_ADDRESS']);
 });
@@ -96,6 +98,7 @@ after(async () => {
   client?.disconnect();
   await stopMachined();
   await bus?.stop();
+  treeMount?.release();
   rmSync(work, { recursive: true, force: true });
 });
 

@@ -6,13 +6,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { debianTree } from '../helpers/images.js';
+import { overlayTree, type TestTree } from './nspawn-opt-tree.js';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const NSPAWN = join(repo, 'bin/mctl-nspawn');
 
 let work: string;
 let tree: string;
+let treeMount: TestTree | undefined;
 let hostDir: string;
 
 function cleanEnv(): NodeJS.ProcessEnv {
@@ -46,14 +47,15 @@ function ourMounts(): string[] {
 before(() => {
   work = mkdtempSync('/tmp/mctl-nspawn-opt-');
   tree = join(work, 'tree');
-  const r = spawnSync('cp', ['-a', '--reflink=auto', debianTree(), tree]);
-  assert.equal(r.status, 0, 'copy of the cached tree');
+  treeMount = overlayTree(work);
+  tree = treeMount.path;
   hostDir = join(work, 'host');
   mkdirSync(hostDir);
   writeFileSync(join(hostDir, 'file'), 'from-host\n');
 });
 
 after(() => {
+  treeMount?.release();
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -240,7 +242,7 @@ test('bad input: one line, exit 1, no mounts left', () => {
     rmSync(badFile, { force: true });
   }
   assert.deepEqual(ourMounts(), before);
-  assert.deepEqual(readdirSync(work).sort(), ['a:b', 'badname', 'cred', 'host', 'tree'].filter((n) => existsSync(join(work, n))).sort());
+  assert.deepEqual(readdirSync(work).sort(), ['.tree-upper', '.tree-work', 'a:b', 'badname', 'cred', 'host', 'tree'].filter((n) => existsSync(join(work, n))).sort());
 });
 
 test('--help lists the options, --version prints one line', () => {
