@@ -5,11 +5,11 @@
 // Image kinds, as in systemd: a directory tree, a btrfs subvolume, NAME.raw (a disk or file-system
 // image) or a block device node. Names starting with "." are hidden; ".#…" entries are temporary
 // files of in-flight operations and lock files and are never images. ".host" is the host's "/".
-import { accessSync, constants as fsc, existsSync, openSync, closeSync, readdirSync, statSync, chmodSync, renameSync, type BigIntStats } from 'node:fs';
-import type { RmOptions } from 'node:fs';
+import { accessSync, constants as fsc, existsSync, openSync, closeSync, readdirSync, statSync, chmodSync, renameSync, type BigIntStats, type RmOptions } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { isValidImageName } from '../common/names.js';
-import { ioctlBuffer, ioctlInt } from '../sys/libc.js';
+import { ioctlInt } from '../sys/libc.js';
+import { imageSizeOfFd } from './gpt.js';
 import { ImageError } from './errors.js';
 import { FS_IMMUTABLE_FL, getInodeFlags, isOnBtrfs, isSubvolume, isSubvolumeReadOnly, setInodeFlags, setSubvolumeLimit, setSubvolumeReadOnly, snapshotSubvolume } from './fsattr.js';
 import { lockImage, lockImageName, type ImageLock } from './lock.js';
@@ -42,7 +42,6 @@ const SETTINGS_DIRS = ['/etc/systemd/nspawn', '/run/systemd/nspawn'];
 const RAW_AUXILIARY = ['.roothash', '.roothash.p7s', '.usrhash', '.usrhash.p7s', '.verity'];
 const BLKROGET = 0x125e;
 const BLKROSET = 0x125d;
-const BLKGETSIZE64 = 0x80081272;
 
 /** The writable pool: env MCTL_POOL, default /var/lib/machines. */
 export function poolPath(): string {
@@ -77,11 +76,7 @@ function blockDeviceInfo(path: string): { readOnly: boolean; size: number | null
   try {
     const fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
     try {
-      const readOnly = ioctlInt(fd, BLKROGET) !== 0;
-      // BLKGETSIZE64 writes a u64, too big for ioctlInt's int box.
-      const buf = Buffer.alloc(8);
-      ioctlBuffer(fd, BLKGETSIZE64, buf);
-      return { readOnly, size: Number(buf.readBigUInt64LE(0)) };
+      return { readOnly: ioctlInt(fd, BLKROGET) !== 0, size: imageSizeOfFd(fd) };
     } finally {
       closeSync(fd);
     }

@@ -145,7 +145,8 @@ test('an image stock systemd-nspawn runs from cannot be removed or renamed', asy
     await assert.rejects(renameImage('t-img-busy', 't-img-busy2'), /is in use/);
     assert.ok(existsSync(root));
   } finally {
-    nspawn.kill('SIGKILL');
+    // SIGTERM: nspawn kills its payload, waits for it and releases its locks before exiting.
+    nspawn.kill('SIGTERM');
     await exited;
   }
   // Once it is gone, the image can be removed.
