@@ -19,7 +19,7 @@ function onTerminal(args: string[], steps: Array<[number, string]>) {
   const feed = [...steps.map(([ms, bytes]) => `sleep ${ms / 1000}; printf '${bytes}'`), 'true'].join('; ');
   const cmd = [BIN, '--register=no', '--read-only', '-D', tree, ...args].map((a) => `'${a}'`).join(' ');
   const t0 = Date.now();
-  const r = spawnSync('bash', ['-c', `(${feed}; sleep 1) | script -qec "${cmd.replace(/"/g, '\\"')}" /dev/null`], { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync('bash', ['-c', `(${feed}; sleep 1) | timeout 25 script -qec "${cmd.replace(/"/g, '\\"')}" /dev/null`], { encoding: 'utf8', timeout: 30_000 });
   return { status: r.status, out: r.stdout.replace(/\r/g, ''), ms: Date.now() - t0 };
 }
 
