@@ -30,6 +30,8 @@ export default async function run() {
   const userns = ['-M', 'bench-userns', '--private-users=pick', '--private-users-ownership=map'];
   const tru = ['/bin/true'];
   const diff = (a, b) => () => timeCommand(a, { env }) - timeCommand(b, { env });
+  // Stock nspawn leaves its (empty) io.systemd.nat tables behind; remove them if we caused them.
+  const natExisted = spawnSync('nft', ['list', 'table', 'ip', 'io.systemd.nat'], { stdio: 'ignore' }).status === 0;
   try {
     return [
       await compare({ name: 'start --network-veth -p (wall)', ours: time([...ours, ...veth, ...tru]), reference: time([...ref, ...veth, ...tru]), runs: 15 }),
@@ -42,6 +44,7 @@ export default async function run() {
     // Give the last collector a moment, then drop anything of the benchmark's that is left.
     await new Promise((r) => setTimeout(r, 1500));
     spawnSync('nft', ['delete', 'table', 'inet', 'mctlbench'], { stdio: 'ignore' });
+    if (!natExisted) for (const f of ['ip', 'ip6']) spawnSync('nft', ['delete', 'table', f, 'io.systemd.nat'], { stdio: 'ignore' });
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -43,6 +43,7 @@ after(async () => {
   for (const s of spaces) s.kill();
   for (const m of ['m1', 'm2']) await collect(`t-net-${id}-${m}`, cfg).catch(() => undefined);
   run(['nft', 'delete', 'table', 'inet', cfg.table]);
+  run(['nft', 'delete', 'table', 'ip', `tfor${id}`]);
   rmSync(stateDir, { recursive: true, force: true });
 });
 
@@ -67,6 +68,10 @@ function request(machine: string, pid: number, ports: string[] = []) {
 
 test('veth: names, MACs, addresses, NAT to the outside, port forwards from everywhere, clean teardown', async () => {
   const name = `t-net-${id}-m1`;
+  // Someone else's table (think Docker's): must come out of all this byte for byte unchanged.
+  const foreign = `tfor${id}`;
+  must(['nft', '-f', '-'], `add table ip ${foreign}\nadd chain ip ${foreign} fw { type filter hook forward priority 0; policy accept; }\nadd rule ip ${foreign} fw counter comment "not mctl's"\n`);
+  const foreignBefore = must(['nft', 'list', 'table', 'ip', foreign]).replace(/packets \d+ bytes \d+/g, '');
   const ct = await makeNetns();
   spaces.push(ct);
   const hp = 20000 + r * 10;
@@ -115,6 +120,8 @@ test('veth: names, MACs, addresses, NAT to the outside, port forwards from every
   assert.equal(await listTableRules(cfg.table), null, 'our table is gone');
   assert.equal(readMachineNetState(name, cfg), null, 'state removed');
   assert.doesNotMatch(must(['ip', '-br', 'addr']), new RegExp(net.state.ipv4!.gateway.replace(/\./g, '\\.')));
+  assert.equal(must(['nft', 'list', 'table', 'ip', foreign]).replace(/packets \d+ bytes \d+/g, ''), foreignBefore, 'foreign table untouched');
+  must(['nft', 'delete', 'table', 'ip', foreign]);
 });
 
 test('a killed launcher leaves state that collect() removes; a running one is left alone', async () => {
