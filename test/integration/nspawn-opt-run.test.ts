@@ -212,8 +212,30 @@ test('.nspawn in /run/systemd/nspawn is trusted', () => {
   }
 });
 
+/** Entries of /run and cgroups that a launcher could leave behind (filtered: other parts' tests may run alongside). */
+function runAndCgroupTraces(): string[] {
+  const run = readdirSync('/run').filter((n) => /mctl|nspawn|machine/.test(n)).map((n) => `/run/${n}`);
+  const cgroups: string[] = [];
+  const walk = (dir: string, depth: number) => {
+    if (depth > 4) return;
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (!e.isDirectory()) continue;
+      if (/t-nsp-opt|mctl-/.test(e.name)) cgroups.push(join(dir, e.name));
+      walk(join(dir, e.name), depth + 1);
+    }
+  };
+  for (const h of ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd', '/sys/fs/cgroup']) if (existsSync(h)) walk(h, 0);
+  return [...run, ...cgroups].sort();
+}
+
 test('bad input: one line, exit 1, no mounts left', () => {
   const before = ourMounts();
+  const tracesBefore = runAndCgroupTraces();
+  // An OS tree without an init, for -b.
+  const noInit = join(work, 'noinit');
+  mkdirSync(join(noInit, 'usr/lib'), { recursive: true });
+  mkdirSync(join(noInit, 'etc'), { recursive: true });
+  writeFileSync(join(noInit, 'usr/lib/os-release'), 'ID=none\n');
   const badFile = join(work, 'badname.nspawn');
   mkdirSync(join(work, 'badname'), { recursive: true });
   writeFileSync(badFile, '[Exec]\nBoot=perhaps\n');
@@ -226,6 +248,7 @@ test('bad input: one line, exit 1, no mounts left', () => {
     [['-D', tree, `--bind=${join(work, 'nope')}:/x`, '/bin/true'], /--bind: .*nope does not exist/],
     [['-D', tree, '-E', '=x', '/bin/true'], /--setenv: invalid environment assignment/],
     [['-D', hostDir, '-b'], /does not look like an OS root directory/],
+    [['-D', noInit, '-b'], /has no init/],
     [['-D', tree, '--property=Bogus=1', '/bin/true'], /unknown or unsupported property 'Bogus'/],
     [['--kill-signal=FOO'], /^mctl-nspawn: --kill-signal: unknown signal 'FOO'\n$/],
   ];
@@ -242,6 +265,8 @@ test('bad input: one line, exit 1, no mounts left', () => {
     rmSync(badFile, { force: true });
   }
   assert.deepEqual(ourMounts(), before);
+  assert.deepEqual(runAndCgroupTraces(), tracesBefore);
+  rmSync(noInit, { recursive: true, force: true });
   assert.deepEqual(readdirSync(work).sort(), ['.tree-upper', '.tree-work', 'a:b', 'badname', 'cred', 'host', 'tree'].filter((n) => existsSync(join(work, n))).sort());
 });
 
