@@ -324,24 +324,26 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
       req.ipvlan.forEach((i) => host.push(`link add link ${i} name ${shortenIfname(`iv-${i}`).name} netns ${req.leaderPid} type ipvlan mode l2`));
       if (main) host.push(`link set ${main.name} up`);
       for (const x of req.vethExtra) host.push(`link set ${x.host} up`);
-      await ipBatch(host);
-
+      // The nft rules match links by name, so they need not wait for the links: run the nft
+      // transaction alongside the host-side and then the container-side `ip -batch`.
+      let rules: MachineRule[] = [];
       if (sub && s.ipv4 && s.ipv6 && gwIf) {
-        writeSysctl('ipv4/ip_forward', '1');
-        writeSysctl('ipv6/conf/all/forwarding', '1');
-        // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
-        if (req.ports.length > 0) writeSysctl(`ipv4/conf/${gwIf}/route_localnet`, '1');
         const net4 = `${formatIPv4(sub.net4)}/${sub.prefix4}`;
         const net6 = `${formatIPv6(sub.net6)}/64`;
-        const rules: MachineRule[] = [
+        rules = [
           { chain: 'postrouting', rule: `ip saddr ${net4} ip daddr != ${net4} masquerade` },
           { chain: 'postrouting', rule: `ip6 saddr ${net6} ip6 daddr != ${net6} masquerade` },
           ...portForwardRules(req.ports, { ipv4: s.ipv4.address, ipv6: s.ipv6.address, hostIf: gwIf }),
         ];
-        // Independent of each other: run the nft transaction and the container-side setup together.
-        await Promise.all([
-          addMachineRules(cfg.table, machine, rules),
-          ipBatch(
+      }
+      const links = async (): Promise<void> => {
+        await ipBatch(host);
+        if (!(sub && s.ipv4 && s.ipv6 && gwIf)) return;
+        writeSysctl('ipv4/ip_forward', '1');
+        writeSysctl('ipv6/conf/all/forwarding', '1');
+        // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
+        if (req.ports.length > 0) writeSysctl(`ipv4/conf/${gwIf}/route_localnet`, '1');
+        await ipBatch(
           [
             'link set lo up',
             'link set host0 up',
@@ -351,9 +353,11 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
             `route add ::/0 via ${s.ipv6.gateway} dev host0`,
           ],
           container,
-          ),
-        ]);
-      }
+        );
+      };
+      // allSettled: a failure of one must not leave the other running while we undo.
+      const results = await Promise.allSettled([links(), addMachineRules(cfg.table, machine, rules)]);
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
       return s;
     });
   } catch (err) {
