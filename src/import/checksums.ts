@@ -56,22 +56,25 @@ export function findChecksum(text: string, file: string, options: { single?: boo
   return null;
 }
 
-/** Pass-through stage that hashes and counts what flows by. */
+/** Pass-through stage that counts (and, when asked, hashes) what flows by. */
 export class HashingCounter extends Transform {
-  private readonly hash: Hash = createHash('sha256');
+  // hashing 250 MB costs ~0.5 s of a core that tar and xz want too: only when it is checked
+  private readonly hash: Hash | null;
   bytes = 0;
   private readonly onProgress: ((bytes: number) => void) | undefined;
-  constructor(onProgress?: (bytes: number) => void) {
+  constructor(onProgress?: (bytes: number) => void, options: { hash?: boolean } = {}) {
     super({ highWaterMark: 1 << 20 });
     this.onProgress = onProgress;
+    this.hash = options.hash === false ? null : createHash('sha256');
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    this.hash.update(chunk);
+    this.hash?.update(chunk);
     this.bytes += chunk.length;
     this.onProgress?.(this.bytes);
     done(null, chunk);
   }
-  digest(): string {
-    return this.hash.digest('hex');
+  /** Hex SHA-256 of everything seen, or null when not hashing. */
+  digest(): string | null {
+    return this.hash?.digest('hex') ?? null;
   }
 }

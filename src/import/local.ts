@@ -54,7 +54,7 @@ export async function importImage(options: ImportOptions): Promise<TransferResul
   const progress = createProgress(`Importing ${file === '-' ? 'stdin' : basename(file)}`, options.progress === undefined ? {} : { enabled: options.progress });
   progress.setTotal(total);
   try {
-    const counter = new HashingCounter((b) => progress.update(b));
+    const counter = new HashingCounter((b) => progress.update(b), { hash: false });
     const unpack = kind === 'tar' ? unpackTar : unpackRaw;
     const result = await unpack(source, entry.path, { signal, observers: [counter] });
     if (kind === 'tar') entry.hoistSingleOsDirectory();
@@ -138,7 +138,7 @@ export async function exportImage(options: ExportOptions): Promise<{ bytes: numb
       : null;
   const input: Readable = producer ? producer.child.stdout! : createReadStream(image.path, { highWaterMark: 1 << 20 });
   if (!producer) progress.setTotal(statSync(image.path).size);
-  const counter = new HashingCounter((b) => progress.update(b));
+  const counter = new HashingCounter((b) => progress.update(b), { hash: false });
   try {
     await pipeline([input, counter, encoder.stream, out], { signal, end: temp !== null || options.stdout !== undefined });
     await Promise.all([encoder.finished, producer?.finished]);

@@ -32,7 +32,8 @@ export interface TransferResult {
   name: string | null;
   path: string | null;
   bytes: number;
-  sha256: string;
+  /** SHA-256 of the download when it was computed (verification, download-only). */
+  sha256: string | null;
   compression: string;
   decoder: string;
   settings: boolean;
@@ -70,11 +71,11 @@ export async function pull(options: PullOptions): Promise<TransferResult> {
 
     const download = await openUrl(url, signal);
     progress.setTotal(download.length);
-    const hasher = new HashingCounter((b) => progress.update(b));
+    const hasher = new HashingCounter((b) => progress.update(b), { hash: expected !== null || downloadOnly });
     const unpack = kind === 'tar' ? unpackTar : unpackRaw;
     const result = await unpack(download.stream, entry.path, { signal, observers: [hasher] });
     const sha256 = hasher.digest();
-    assertDigest(file, expected, sha256);
+    if (expected !== null) assertDigest(file, expected, sha256 ?? '');
     if (kind === 'tar' && entry.hoistSingleOsDirectory()) log('Moved the single top-level OS directory up.');
     progress.done();
 

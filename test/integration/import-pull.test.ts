@@ -4,7 +4,7 @@
 // pool as it was.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -251,5 +251,41 @@ describe('pull', { concurrency: false }, () => {
     assert.equal(r.code, 0);
     assert.equal(r.stderr.includes('\r'), false);
     writeFileSync(join(dir, 'marker'), '');
+  });
+
+  test('the pulled Debian image boots to running with mctl-nspawn', { timeout: 120_000 }, async () => {
+    const nspawn = join(import.meta.dirname, '../../bin/mctl-nspawn');
+    const child = spawn(nspawn, ['-q', '--register=no', '-b', '-M', 't-imp-boot', '-D', join(pool, 'debian')], { stdio: 'ignore' });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      // the container's PID 1 is the launcher's child named systemd
+      let leader = 0;
+      const deadline = Date.now() + 60_000;
+      while (!leader && Date.now() < deadline) {
+        try {
+          for (const k of readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) {
+            if (readFileSync(`/proc/${k}/comm`, 'utf8').trim() === 'systemd') leader = Number(k);
+          }
+        } catch {
+          // not yet
+        }
+        if (!leader) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(leader, 'container PID 1 appeared');
+      let state = '';
+      while (Date.now() < deadline) {
+        state = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: 60_000 }).stdout.trim();
+        if (state !== '' && state !== 'starting' && state !== 'initializing') break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(state, 'running');
+      child.kill('SIGTERM'); // nspawn semantics: halt the container
+      assert.equal(await exited, 0);
+    } finally {
+      if (child.exitCode === null) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    }
   });
 });
