@@ -167,3 +167,48 @@ test('without a machine service: auto runs unregistered, yes fails with one line
   assert.equal(spawnSync('pgrep', ['-f', 'mctl-nsexec.*t-nsp-opt-reg4']).status, 1, 'no supervisor left');
   assert.deepEqual(readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(work)), mountsBefore);
 });
+
+test('SIGKILL of the launcher while it waits for the service: the half-started container goes, nothing is left', async () => {
+  await stopMachined();
+  // A fake machine1 that takes CreateMachine and never answers: the launcher hangs in its
+  // afterNamespaces hook, with the container created but its payload not yet running.
+  const fake = connectBus(bus.env['DBUS_SYSTEM_BUS_ADDRESS']);
+  let leader = 0;
+  const called = new Promise<void>((resolve) => {
+    fake.addMethodHandler((msg) => {
+      if (msg.member === 'CreateMachineWithNetwork') {
+        leader = msg.body[4] as number;
+        resolve();
+        return true; // handled: no reply, ever
+      }
+      return false;
+    });
+  });
+  await fake.requestName('org.freedesktop.machine1', 0);
+  const mountsBefore = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(work));
+  const child = spawn(process.execPath, [NSPAWN, '-q', '--pipe', '-D', tree, '-x', '-M', 't-nsp-opt-hang', '--register=yes', '/bin/sh', '-c', 'echo PAYLOAD-RAN'], { env: bus.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise((r) => child.once('exit', r));
+  try {
+    await Promise.race([called, sleep(20_000).then(() => { throw new Error('CreateMachine never arrived'); })]);
+    assert.ok(leader > 1);
+    child.kill('SIGKILL');
+    await exited;
+    for (let i = 0; i < 50; i++) {
+      try {
+        process.kill(leader, 0);
+      } catch {
+        break;
+      }
+      await sleep(100);
+    }
+    assert.throws(() => process.kill(leader, 0), /ESRCH/, 'the half-started container is gone');
+    assert.equal(out, '', 'the payload never ran');
+    assert.deepEqual(readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(work)), mountsBefore);
+    assert.equal(spawnSync('pgrep', ['-f', 't-nsp-opt-hang']).status, 1, 'no process of it left');
+  } finally {
+    child.kill('SIGKILL');
+    fake.disconnect();
+  }
+});
