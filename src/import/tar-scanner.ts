@@ -301,7 +301,8 @@ export class TarSafetyScanner extends Transform {
       linkTarget = linkRaw;
     }
 
-    if (type === 'symlink') this.symlinks.add(path);
+    // a hard link to a symlink is a symlink too (link() does not follow): track it the same way
+    if (type === 'symlink' || (type === 'hardlink' && this.symlinks.has(linkTarget!))) this.symlinks.add(path);
     else this.symlinks.delete(path); // tar unlinks an existing symlink before creating this entry
 
     this.summary.entries++;

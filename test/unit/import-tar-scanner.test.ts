@@ -123,6 +123,16 @@ test('refuses writing through a symlink the archive made', async () => {
     /through symlink 'up'/,
     'up/x',
   );
+  // a hard link to the symlink is the same symlink
+  await refused(
+    [
+      { name: 'l', type: '2', linkname: '/etc' },
+      { name: 'h', type: '1', linkname: 'l' },
+      { name: 'h/passwd', body: 'x' },
+    ],
+    /through symlink 'h'/,
+    'h/passwd',
+  );
   // a directory of the same name replacing the symlink first is fine: tar unlinks the link
   await scan(archive([{ name: 'd', type: '2', linkname: '/tmp' }, { name: 'd', type: '5', mode: 0o755 }, { name: 'd/f', body: 'ok' }]));
 });
