@@ -12,6 +12,12 @@ function isOption(token: string): boolean {
   return token.startsWith('-') && token !== '-';
 }
 
+/** The verb of a command line: its first positional token, if any. */
+export function verbOf(tokens: string[]): string | undefined {
+  const i = positionals(tokens)[0];
+  return i === undefined ? undefined : tokens[i];
+}
+
 /** Indexes of the positional (non-option) tokens before any `--`. */
 function positionals(tokens: string[]): number[] {
   const out: number[] = [];
