@@ -57,9 +57,11 @@ function baseSpec(argv: string[], overrides: Partial<ContainerSpec> = {}): Conta
 
 /** What a failed or finished start must not leave: mounts and our cgroups. */
 function hostState(): string {
+  // only mounts that could be ours: other helpers' tests mount and unmount concurrently
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .map((l) => l.split(' ').slice(3, 5).join(' '))
+    .filter((m) => m.includes(tree) || m.includes('nsc'))
     .sort()
     .join('\n');
   const cgroups = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd', '/sys/fs/cgroup']
