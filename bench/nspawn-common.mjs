@@ -52,7 +52,7 @@ export async function waitRunning(leader) {
   while (Date.now() < deadline) {
     const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8' });
     const s = r.stdout.trim();
-    if (s === 'running' || s === 'degraded') return s;
+    if (s === 'running' || s === 'degraded') return s; // 'offline' until PID 1 has its bus socket
     await sleep(5);
   }
   throw new Error('container did not finish booting');
