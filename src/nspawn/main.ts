@@ -99,14 +99,15 @@ runMain('mctl-nspawn', async () => {
   // --image: lock, dissect and mount it privately; from here on its root is checked and used like -D.
   const image = o.image !== undefined && imageMod ? imageMod.prepareImageRoot(o.image, { readOnly: o.readOnly === true, ephemeral: o.ephemeral === true }) : undefined;
   let root: string;
+  let plan: ReturnType<typeof planRoot>;
   try {
     root = (await prepareDirectory(image ? { ...o, directory: image.root, template: undefined } : o)).root;
+    plan = planRoot(o, root);
   } catch (err) {
     image?.release();
     throw err;
   }
   const machineName = o.machine ?? (o.ephemeral ? ephemeralName(baseName) : baseName);
-  const plan = planRoot(o, root);
   if (image) {
     plan.readOnlyRoot = image.readOnly;
     plan.treeWritable = plan.rootLayer === 'plain' && !image.readOnly;
@@ -182,9 +183,10 @@ runMain('mctl-nspawn', async () => {
     }
     if (image && imageMod) {
       // Always take the hook path for images: the host-side mounts are detached and the image
-      // lock handed to the supervisor once the container's namespace exists.
+      // lock handed to the supervisor once the container's namespace exists. First, so the
+      // staging mount point (shared by all image starts) is free again as soon as possible.
       const ih = imageMod.imageLaunchHooks(image);
-      hooks.afterNamespaces = [...(hooks.afterNamespaces ?? []), ...(ih.afterNamespaces ?? [])];
+      hooks.afterNamespaces = [...(ih.afterNamespaces ?? []), ...(hooks.afterNamespaces ?? [])];
       hooks.onAbort = [...(ih.onAbort ?? []), ...(hooks.onAbort ?? [])];
     }
     if (netUsers.afterNamespaces.length > 0) {
