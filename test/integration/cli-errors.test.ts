@@ -12,7 +12,7 @@ let svc: Service;
 before(async () => {
   svc = await startService();
   makeTinyImage(svc.pool, 'tiny');
-});
+}, { timeout: 60_000 });
 after(async () => {
   await svc?.stop();
 });

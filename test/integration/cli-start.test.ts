@@ -14,7 +14,7 @@ before(async () => {
   svc = await startService();
   image = overlayImage(svc.pool, NAME, debianTree());
   makeTinyImage(svc.pool, 't-cli-broken');
-});
+}, { timeout: 60_000 });
 
 after(async () => {
   // If a test failed half-way, make sure the container is gone before the image goes.
