@@ -298,3 +298,13 @@ test('SIGKILL of the launcher takes the container down with it and leaves no mou
   assert.ok(!existsSync(`/proc/${leader}`), 'the container died with its supervisor');
   assert.equal(hostState().split('\n--\n')[0], before);
 });
+
+test('file descriptors the launcher inherited beyond stdio do not reach the payload', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', DRIVER, JSON.stringify(baseSpec(['/bin/sh', '-c', 'test -e /proc/$$/fd/3 && echo leaked || echo clean']))], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), 'clean');
+});

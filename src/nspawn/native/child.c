@@ -608,6 +608,10 @@ void child_main(const struct config *c, int sock)
 		_exit(1); /* the supervisor went away before releasing us */
 	if (child_parent_end >= 0)
 		close(child_parent_end);
+	/* no host file descriptor beyond stdio may reach the payload (the supervisor's image lock,
+	 * whatever the launcher inherited): mark them all close-on-exec */
+	if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0)
+		fail("close_range: %s", strerror(errno));
 
 	/* with a user namespace our ids are still the host's (unmapped) until we take the mapped root */
 	if (c->userns && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0))
