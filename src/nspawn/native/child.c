@@ -109,6 +109,9 @@ static void ensure_mount_point(const char *src, const char *dst)
 		*slash = '\0';
 		ensure_dir(parent, 0755);
 	}
+	/* an existing target needs no creating, and a read-only root could not create it anyway */
+	if (lstat(dst, &st) == 0)
+		return;
 	int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
 	if (fd < 0 && errno != EISDIR)
 		fail("failed to create %s: %s", dst, strerror(errno));
