@@ -12,6 +12,8 @@
 // - nspawn runs in a cgroup of its own (created here, one per box, on every systemd-controller
 //   hierarchy of the host), because with `--keep-unit` it splits *its current* cgroup into
 //   `payload`/`supervisor`; doing that in the host's root cgroup would collide between boxes.
+// - `SYSTEMD_SECCOMP=0`: no outer seccomp filter (a real host has none; nspawn's allow-list
+//   blocks pidfd_getfd and friends for everything started by the box's systemd).
 // - `--private-network`: nested containers' veths and nft rules live and die with the box.
 // - Images for nested containers are writable overlays over cached trees, mounted on the host in
 //   the box's work dir and bound in at /var/lib/machines/NAME.
@@ -53,8 +55,13 @@ export interface BoxBind {
 export interface BoxOptions {
   /** Extra binds on top of the checkout and /usr/bin/node. */
   binds?: BoxBind[];
-  /** Trees to offer as writable images at /var/lib/machines/NAME (overlay over the cached tree). */
-  machines?: Record<string, string>;
+  /**
+   * Trees to offer as writable images at /var/lib/machines/NAME: an overlay over the cached tree
+   * (instant), or with `{ tree, copy: true }` a real copy on the host's file system (≈2 s for the
+   * Debian tree) where an overlay would not behave like a plain pool directory: idmapped mounts
+   * (EINVAL on overlayfs) and chown of device nodes (copy-up = mknod, refused by DevicePolicy=).
+   */
+  machines?: Record<string, string | { tree: string; copy: boolean }>;
   /** false: keep the host's cgroup layout (hybrid here) instead of forcing cgroup2 in the box. */
   unifiedCgroups?: boolean;
   bootTimeoutMs?: number;
@@ -150,9 +157,9 @@ export class Box {
       `--bind-ro=${checkoutRoot}`,
       '--bind-ro=/usr/bin/node',
     ];
-    for (const [machine, lower] of Object.entries(options.machines ?? {})) {
-      const merged = this.mountOverlay(machine, lower);
-      args.push(`--bind=${merged}:/var/lib/machines/${machine}`);
+    for (const [machine, source] of Object.entries(options.machines ?? {})) {
+      const image = typeof source === 'string' ? this.mountOverlay(machine, source) : source.copy ? this.copyTree(machine, source.tree) : this.mountOverlay(machine, source.tree);
+      args.push(`--bind=${image}:/var/lib/machines/${machine}`);
     }
     for (const b of options.binds ?? []) {
       args.push(`${b.readOnly ? '--bind-ro' : '--bind'}=${b.source}:${b.target ?? b.source}`);
@@ -165,6 +172,10 @@ export class Box {
     const join = this.state.cgroups.map((cg) => `echo $$ > '${cg}/cgroup.procs'`).join(' && ');
     const env: NodeJS.ProcessEnv = { ...BOX_ENV };
     if (options.unifiedCgroups !== false) env.SYSTEMD_NSPAWN_UNIFIED_HIERARCHY = '1';
+    // No nspawn seccomp filter on the box: a real host has none, and nspawn 252's allow-list
+    // refuses syscalls the software under test needs (pidfd_getfd → EPERM). Units in the box
+    // still get their own SystemCallFilter=; this only affects the box's outer layer.
+    env.SYSTEMD_SECCOMP = '0';
     const started = Date.now();
     const child = spawn('sh', ['-c', `${join} && exec setpriv --pdeathsig TERM -- systemd-nspawn "$@"`, 'sh', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -217,6 +228,14 @@ export class Box {
     this.state.overlays.push(merged);
     this.saveState();
     return merged;
+  }
+
+  /** A private copy of a cached tree in the box's work dir (removed with it). */
+  private copyTree(machine: string, tree: string): string {
+    const dest = join(this.workDir, 'machines', machine);
+    mkdirSync(dirname(dest), { recursive: true });
+    execOk('cp', ['-a', '--reflink=auto', tree, dest]);
+    return dest;
   }
 
   /** Run a command inside the box (all its namespaces) with a clean environment. Never throws for a non-zero exit. */
