@@ -7,8 +7,18 @@ import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
 import { containerEnv } from './container-exec.js';
 
-/** The launcher options of units/container@.service, in the same order (keep them in sync). */
-export const UNIT_NSPAWN_ARGS = ['--quiet', '--keep-unit', '--boot', '--link-journal=try-guest', '--network-veth', '-U', '--settings=override'] as const;
+/** systemd-nspawn@.service's launcher options (systemd 252), the target of container@.service. */
+export const STOCK_NSPAWN_ARGS = ['--quiet', '--keep-unit', '--boot', '--link-journal=try-guest', '--network-veth', '-U', '--settings=override'] as const;
+
+/**
+ * Stock options container@.service leaves out for now, each with a TRACKED comment in the unit:
+ * -U (private user namespace) makes mctl-nspawn fail under systemd (EPERM on the image's
+ * /dev/console, EACCES creating its idmap directory) — issue #6.
+ */
+export const WITHHELD_NSPAWN_ARGS: readonly string[] = ['-U'];
+
+/** The launcher options of units/container@.service, in the same order (a unit test keeps them in sync). */
+export const UNIT_NSPAWN_ARGS: readonly string[] = STOCK_NSPAWN_ARGS.filter((a) => !WITHHELD_NSPAWN_ARGS.includes(a));
 
 export const LOG_DIR = '/run/mctl/log';
 
@@ -49,6 +59,7 @@ export function spawnDetached(name: string, root: string, extraEnv: NodeJS.Proce
   // Without systemd there is no unit file to edit; MCTL_NSPAWN_OPTIONS replaces the unit's options.
   const override = process.env['MCTL_NSPAWN_OPTIONS'];
   const { args, missing } = override !== undefined ? { args: override.split(/\s+/).filter(Boolean), missing: [] } : detachedArgs(help.stdout);
+  if (override === undefined) missing.push(...WITHHELD_NSPAWN_ARGS);
   mkdirSync(LOG_DIR, { recursive: true });
   const log = `${LOG_DIR}/${name}.log`;
   const fd = openSync(log, 'w', 0o640);

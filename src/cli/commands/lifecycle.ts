@@ -46,7 +46,7 @@ async function startDetached(s: Session, m1: Machine1, name: string, imagePath: 
   if (!root) throw new UserError(`image '${name}' has no path`);
   const started = spawnDetached(name, root);
   s.info(`No systemd on this host: started mctl-nspawn detached for '${name}' (PID ${started.pid}, log ${started.log}).`);
-  if (started.missing.length) s.info(`Note: the launcher does not support ${started.missing.join(' ')} yet; started without.`);
+  if (started.missing.length) s.info(`Note: started without ${started.missing.join(' ')} (not usable with mctl-nspawn yet, see units/container@.service).`);
   const deadline = Date.now() + REGISTER_TIMEOUT_MS;
   let leader: number | undefined;
   while (leader === undefined) {
