@@ -96,6 +96,7 @@ test('the container world: PID 1, hostname, API file systems, /dev, devpts, capa
     'touch /proc/sys/kernel/hostname 2>/dev/null || echo procsys-write=denied',
     'awk \'$5=="/run" || $5=="/tmp" || $5=="/dev/shm" {print "tmpfs="$5":"$9}\' /proc/self/mountinfo',
     'cat /proc/self/cgroup | grep "^0::"',
+    'grep -E "^Sig(Ign|Blk):" /proc/self/status',
   ].join('; ');
   const r = nspawn(['--console=pipe', '--read-only', '-M', 't-nsc-world', '-D', tree, '/bin/sh', '-c', script]);
   assert.equal(r.status, 0, r.stderr);
@@ -117,6 +118,9 @@ test('the container world: PID 1, hostname, API file systems, /dev, devpts, capa
   assert.match(out, /^procsys-write=denied$/m);
   for (const p of ['/run', '/tmp', '/dev/shm']) assert.match(out, new RegExp(`^tmpfs=${p}:tmpfs$`, 'm'));
   assert.match(out, /^0::\/$/m, 'the container sees its own cgroup as the root');
+  // nothing of Node's signal setup (SIGPIPE ignored) leaks into the payload
+  assert.match(out, /^SigIgn:\s+0000000000000000$/m);
+  assert.match(out, /^SigBlk:\s+0000000000000000$/m);
 });
 
 test('the seccomp filter refuses what nspawn refuses (keyctl, swapoff) and no_new_privs is applied', () => {

@@ -598,6 +598,10 @@ void child_main(const struct config *c, int sock)
 {
 	report_sock = sock;
 	root = c->root;
+	/* Node ignores SIGPIPE and SIGXFSZ and exec keeps ignored signals: the payload gets defaults */
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			signal(sig, SIG_DFL);
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
