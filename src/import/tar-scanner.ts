@@ -170,10 +170,14 @@ export class TarSafetyScanner extends Transform {
   private lastEntry: string | undefined;
   readonly summary: ScanSummary = { entries: 0, complete: false };
   private readonly onEntry: ((entry: TarEntry) => void) | undefined;
+  private readonly maxBytes: number;
+  private totalBytes = 0;
 
-  constructor(options: { onEntry?: (entry: TarEntry) => void } = {}) {
+  /** maxBytes: refuse an archive whose file contents add up to more (the target's free space). */
+  constructor(options: { onEntry?: (entry: TarEntry) => void; maxBytes?: number } = {}) {
     super({ highWaterMark: 1024 * 1024 });
     this.onEntry = options.onEntry;
+    this.maxBytes = options.maxBytes ?? Number.MAX_SAFE_INTEGER;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
@@ -305,6 +309,10 @@ export class TarSafetyScanner extends Transform {
     if (type === 'symlink' || (type === 'hardlink' && this.symlinks.has(linkTarget!))) this.symlinks.add(path);
     else this.symlinks.delete(path); // tar unlinks an existing symlink before creating this entry
 
+    this.totalBytes += realSize;
+    if (this.totalBytes > this.maxBytes) {
+      throw new TarSafetyError(`archive unpacks to more than the ${this.maxBytes} bytes free in the target`, name);
+    }
     this.summary.entries++;
     this.onEntry?.({ path, type, size: realSize, ...(linkTarget === undefined ? {} : { linkTarget }) });
     this.skipBody(realSize, name);

@@ -2,6 +2,7 @@
 // scanner → GNU tar (own network namespace), or → sparse file. The caller owns the target
 // directory/file and removes it on failure; this module makes sure every process it started
 // has exited before it returns or throws, so nothing is still writing when that happens.
+import { statfsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Readable, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -105,6 +106,16 @@ async function killAll(decoder: Stage, sink: Tool | null): Promise<void> {
   await Promise.all([settle(decoder.finished, 5000), sink ? settle(sink.finished, 5000) : Promise.resolve()]);
 }
 
+/** Free space for DIR's file system (what an archive may unpack to), or no limit if unknown. */
+function freeBytes(dir: string): number {
+  try {
+    const st = statfsSync(dir);
+    return st.bavail * st.bsize;
+  } catch {
+    return Number.MAX_SAFE_INTEGER;
+  }
+}
+
 /** Unpack a tar stream (any supported compression) into DIR, which must exist and be empty. */
 export async function unpackTar(source: Readable, dir: string, options: UnpackOptions): Promise<UnpackResult> {
   if (options.signal.aborted) throw new TransferCanceled();
@@ -116,7 +127,7 @@ export async function unpackTar(source: Readable, dir: string, options: UnpackOp
   }
   const decoder = createDecoder(compression, { preferWasmXz: options.preferWasmXz ?? false });
   const tar = spawnTar(dir);
-  const scanner = new TarSafetyScanner();
+  const scanner = new TarSafetyScanner({ maxBytes: freeBytes(dir) });
   const stdin = tar.child.stdin!;
   try {
     await pipeline([stream, ...(options.observers ?? []), decoder.stream, scanner, stdin], { signal: options.signal });

@@ -198,6 +198,14 @@ describe('pull', { concurrency: false }, () => {
     const st = statSync(got);
     assert.equal(st.size, 64 * 1024 * 1024);
     assert.ok(st.blocks * 512 < st.size / 2, `sparse (${st.blocks * 512} bytes allocated)`);
+    // export-raw (xz by suffix) and import-raw from standard input round-trip
+    const exported = join(dir, 'disk-export.raw.xz');
+    const e = await runMctl(['export-raw', 'disk', exported], env);
+    assert.equal(e.code, 0, e.stderr);
+    const i = await runMctl(['import-raw', '-', 'disk-again'], env, { input: readFileSync(exported) });
+    assert.equal(i.code, 0, i.stderr);
+    assert.equal(sha256File(join(pool, 'disk-again.raw')), want);
+    rmSync(exported);
     // the same with the signature from another key fails and leaves nothing
     server.routes.set('/raw2/disk.raw.zst', { file: `${raw}.zst` });
     server.routes.set('/raw2/disk.raw.zst.sha256', { data: evil.clearsign(`${sha256File(`${raw}.zst`)}  disk.raw.zst\n`) });

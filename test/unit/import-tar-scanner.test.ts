@@ -11,9 +11,9 @@ import { pipeline } from 'node:stream/promises';
 import { TarSafetyScanner, TarSafetyError, parseNumber, normaliseMemberPath, type TarEntry } from '../../src/import/tar-scanner.js';
 import { archive, member, paxBody, type RawEntry } from '../fixtures/tar/builder.js';
 
-async function scan(data: Buffer, chunkSize = 1 << 16): Promise<{ out: Buffer; entries: TarEntry[] }> {
+async function scan(data: Buffer, chunkSize = 1 << 16, maxBytes?: number): Promise<{ out: Buffer; entries: TarEntry[] }> {
   const entries: TarEntry[] = [];
-  const scanner = new TarSafetyScanner({ onEntry: (e) => entries.push(e) });
+  const scanner = new TarSafetyScanner({ onEntry: (e) => entries.push(e), ...(maxBytes === undefined ? {} : { maxBytes }) });
   const parts: Buffer[] = [];
   const chunks: Buffer[] = [];
   for (let i = 0; i < data.length; i += chunkSize) chunks.push(data.subarray(i, i + chunkSize));
@@ -187,6 +187,12 @@ test('refuses bad checksums, unknown types, bodies on links and devices', async 
   await refused([{ name: '', type: '0', body: 'x' }], /empty path/);
   await refused([{ name: './', type: '2', linkname: '/' }], /archive root/);
   await refused(Buffer.from('this is not a tar archive at all'.repeat(40)), /bad header checksum/);
+});
+
+test('refuses an archive that would not fit (declared sizes add up past the free space)', async () => {
+  const data = archive([{ name: 'a', body: 'x'.repeat(600) }, { name: 'bomb', body: 'y'.repeat(600) }]);
+  await assert.rejects(scan(data, 1 << 16, 1000), (err: unknown) => err instanceof TarSafetyError && err.entry === 'bomb' && /more than the 1000 bytes free/.test(err.message));
+  await scan(data, 1 << 16, 2000);
 });
 
 test('refuses truncated archives, naming the last entry', async () => {
