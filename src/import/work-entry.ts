@@ -33,6 +33,13 @@ export async function cleanStaleTransfers(pool = poolPath()): Promise<string[]> 
     if (owner === null || processAlive(owner)) continue;
     await rm(join(pool, name), { recursive: true, force: true });
     removed.push(name);
+    // the dead transfer's name reservation file: take and drop it, which also unlinks it
+    const image = name.replace(/^\.#mctl-[0-9]+-[0-9a-f]{8}-/, '').replace(/\.raw$/, '');
+    try {
+      lockImageName(image).release();
+    } catch {
+      // held by a live transfer of that name, or not a valid name: leave it
+    }
   }
   return removed;
 }

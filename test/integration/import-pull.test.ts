@@ -167,6 +167,8 @@ describe('pull', { concurrency: false }, () => {
     const next = await runMctl(['import-tar', small, 'after-kill'], env);
     assert.equal(next.code, 0, next.stderr);
     assert.deepEqual(poolListing(pool), [...listing, 'after-kill'].sort());
+    // …and the dead transfer's name reservation with it
+    assert.equal(existsSync('/run/systemd/nspawn/locks/name-killed'), false);
   });
 
   test('SIGINT (Ctrl-C) cancels cleanly', async () => {
