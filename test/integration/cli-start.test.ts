@@ -2,7 +2,8 @@
 // mctl-machined, boots; then shell, the bus route of shell, terminate, and a failed start.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { debianTree } from '../helpers/images.js';
 import { startService, mctl, overlayImage, makeTinyImage, type Service } from './cli-container.js';
 
@@ -51,6 +52,30 @@ test('shell returns the exit status on both routes (direct and OpenMachineShell)
   const bus = mctl(svc, ['shell', NAME, '/bin/sh', '-c', 'echo via-bus; exit 9'], { env: { MCTL_SHELL_VIA: 'bus' } });
   assert.equal(bus.status, 9, bus.stderr);
   assert.match(bus.stdout, /^via-bus\r?\n$/, 'marker removed from the PTY stream');
+});
+
+test('bind mounts a host directory into the running container, read-only when asked', () => {
+  const dir = mkdtempSync('/tmp/mctl-cli-bind-');
+  try {
+    writeFileSync(join(dir, 'hello'), 'from the host\n');
+    const r = mctl(svc, ['bind', '--mkdir', '--read-only', NAME, dir, '/mnt/t-cli-bind']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(mctl(svc, ['shell', NAME, '/bin/cat', '/mnt/t-cli-bind/hello']).stdout, 'from the host\n');
+    const write = mctl(svc, ['shell', NAME, '/bin/touch', '/mnt/t-cli-bind/x']);
+    assert.equal(write.status, 1);
+    assert.match(write.stderr, /Read-only file system/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('-M NAME talks to the manager inside the container; set-limit on a directory pool says why not', () => {
+  const inner = mctl(svc, ['-M', NAME, 'list']);
+  assert.equal(inner.status, 1);
+  assert.equal(inner.stderr, 'mctl: the machine manager is not running (start mctl-machined or systemd-machined)\n');
+  const limit = mctl(svc, ['set-limit', NAME, '1G']);
+  assert.equal(limit.status, 1);
+  assert.match(limit.stderr, /^mctl: set-limit t-cli-s1: .*btrfs.*\n$/);
 });
 
 test('terminate stops it: the machine and the launcher are gone', async () => {
