@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { debianTree } from '../helpers/images.js';
-import { startService, mctl, overlayImage, makeTinyImage, type Service } from './cli-container.js';
+import { startService, mctl, overlayImage, makeTinyImage, ptySpawn, MCTL, type Service } from './cli-container.js';
 
 const NAME = 't-cli-s1';
 let svc: Service;
@@ -52,6 +52,21 @@ test('shell returns the exit status on both routes (direct and OpenMachineShell)
   const bus = mctl(svc, ['shell', NAME, '/bin/sh', '-c', 'echo via-bus; exit 9'], { env: { MCTL_SHELL_VIA: 'bus' } });
   assert.equal(bus.status, 9, bus.stderr);
   assert.match(bus.stdout, /^via-bus\r?\n$/, 'marker removed from the PTY stream');
+});
+
+test('shell NAME without a command: an interactive login shell on a real PTY, ending with exit', async () => {
+  const s = ptySpawn([process.execPath, MCTL, 'shell', NAME], svc.env);
+  try {
+    await s.waitFor(/Connected to machine t-cli-s1\. Press \^\] three times within 1s to exit session\./);
+    await s.waitFor(/# $/m);
+    s.send('echo SHELL-$((2*21)) $(id -un)\r');
+    await s.waitFor(/SHELL-42 root/);
+    s.send('exit\r');
+    assert.equal(await s.exit, 0);
+    assert.match(s.output(), /Connection to machine t-cli-s1 terminated\./);
+  } finally {
+    s.kill();
+  }
 });
 
 test('bind mounts a host directory into the running container, read-only when asked', () => {
