@@ -5,21 +5,23 @@ import { spawn } from 'node:child_process';
 export class ToolError extends Error {
   readonly tool: string;
   readonly stderr: string;
+  readonly status: number | null;
   constructor(tool: string, stderr: string, status: number | null) {
     const first = stderr.split('\n').find((l) => l.trim() !== '') ?? `exit status ${status}`;
     super(`${tool}: ${first.trim()}`);
     this.name = 'ToolError';
     this.tool = tool;
     this.stderr = stderr;
+    this.status = status;
   }
 }
 
 /** Run a program, feeding `input` on stdin; resolves with stdout, rejects with ToolError. */
-export function runTool(argv: readonly string[], input?: string): Promise<string> {
+export function runTool(argv: readonly string[], input?: string, env?: NodeJS.ProcessEnv): Promise<string> {
   const [file, ...args] = argv;
   if (!file) throw new Error('runTool: empty argv');
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));

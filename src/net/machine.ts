@@ -15,8 +15,9 @@ import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
 import { siphash24, hexKey } from './siphash.js';
 import { generateMac, hostVethName, zoneBridgeName, MAC_KEYS, isValidZoneName, shortenIfname } from './names.js';
-import { bridgeMembers, deleteLinkIfExists, getLink, ipBatch, isValidIfname, type NetnsTarget } from './ip.js';
-import { addMachineRules, deleteMachineRules, deleteTableIfEmpty, type MachineRule } from './nft.js';
+import { bridgeMembers, deleteLinkIfExists, getLink, isValidIfname } from './ip.js';
+import { machineRulesScript, deleteMachineRules, deleteTableIfEmpty, type MachineRule } from './nft.js';
+import { runSetupScript } from './setup-script.js';
 import { LockFile, isLockFree } from './lockfile.js';
 import { netConfig, slotCount, slotSubnet, formatIPv4, formatIPv6, type NetConfig } from './config.js';
 import { portForwardRules, assertNoDuplicatePorts, type PortForward } from './ports.js';
@@ -44,6 +45,8 @@ export interface MachineNetworkRequest {
   ports: PortForward[];
   /** Addresses, default routes and NAT from mctl (false: leave it to networkd or the admin). */
   auto: boolean;
+  /** Start the watcher that collects after the launcher's end (spawnCollector); the launcher wants it. */
+  collector?: boolean;
 }
 
 export interface AddressPair {
@@ -241,7 +244,6 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
   // A collector cleaning up after the previous run of this name holds the lock for a moment.
   const lock = await LockFile.acquireWithin(lockPath(cfg, machine), 'flock', 3000);
   if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
-  const container: NetnsTarget = { pid: req.leaderPid };
   let state: MachineNetState | null = null;
   try {
     state = await withAllocLock(cfg, async () => {
@@ -336,28 +338,31 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
           ...portForwardRules(req.ports, { ipv4: s.ipv4.address, ipv6: s.ipv6.address, hostIf: gwIf }),
         ];
       }
-      const links = async (): Promise<void> => {
-        await ipBatch(host);
-        if (!(sub && s.ipv4 && s.ipv6 && gwIf)) return;
+      const auto = sub && s.ipv4 && s.ipv6 && gwIf ? { ...s, ipv4: s.ipv4, ipv6: s.ipv6 } : null;
+      if (auto) {
         writeSysctl('ipv4/ip_forward', '1');
         writeSysctl('ipv6/conf/all/forwarding', '1');
+      }
+      // One process for all of it (see setup-script.ts): nft in parallel with the host-side and
+      // then the container-side ip batch, then the watcher.
+      await runSetupScript({
+        nft: machineRulesScript(cfg.table, machine, rules),
+        host,
         // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
-        if (req.ports.length > 0) writeSysctl(`ipv4/conf/${gwIf}/route_localnet`, '1');
-        await ipBatch(
-          [
-            'link set lo up',
-            'link set host0 up',
-            `addr add ${s.ipv4.address}/${s.ipv4.prefix} dev host0`,
-            `addr add ${s.ipv6.address}/64 dev host0 nodad`,
-            `route add default via ${s.ipv4.gateway} dev host0`,
-            `route add ::/0 via ${s.ipv6.gateway} dev host0`,
-          ],
-          container,
-        );
-      };
-      // allSettled: a failure of one must not leave the other running while we undo.
-      const results = await Promise.allSettled([links(), addMachineRules(cfg.table, machine, rules)]);
-      for (const r of results) if (r.status === 'rejected') throw r.reason;
+        sysctls: auto && req.ports.length > 0 && gwIf ? [[`ipv4/conf/${gwIf}/route_localnet`, '1']] : [],
+        container: auto
+          ? [
+              'link set lo up',
+              'link set host0 up',
+              `addr add ${auto.ipv4.address}/${auto.ipv4.prefix} dev host0`,
+              `addr add ${auto.ipv6.address}/64 dev host0 nodad`,
+              `route add default via ${auto.ipv4.gateway} dev host0`,
+              `route add ::/0 via ${auto.ipv6.gateway} dev host0`,
+            ]
+          : [],
+        netns: `/proc/${req.leaderPid}/ns/net`,
+        watcher: req.collector ? collectorCommand(machine, cfg) : null,
+      });
       return s;
     });
   } catch (err) {
@@ -399,15 +404,18 @@ export { isLockFree };
  * into), which then runs collect(). Costs two sleeping tiny processes, no Node until the end.
  * Call after setupMachineNetwork() and before the lock fd is made inheritable.
  */
-export function spawnCollector(machine: string, cfg: NetConfig = netConfig()): number {
+/** The watcher's pieces: the lock it waits for, the collector command and its environment. */
+export function collectorCommand(machine: string, cfg: NetConfig = netConfig()): { lock: string; argv: string[]; env: Record<string, string> } {
   const script = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './collect-main.ts' : './collect-main.js', import.meta.url));
-  const node = script.endsWith('.ts') ? [process.execPath, '--import', 'tsx', script] : [process.execPath, script];
+  const argv = script.endsWith('.ts') ? [process.execPath, '--import', 'tsx', script, machine] : [process.execPath, script, machine];
+  return { lock: lockPath(cfg, machine), argv, env: { MCTL_NET_STATE_DIR: cfg.stateDir, MCTL_NET_TABLE: cfg.table } };
+}
+
+/** Start the watcher on its own (setupMachineNetwork does it as part of its one setup process). */
+export function spawnCollector(machine: string, cfg: NetConfig = netConfig()): number {
+  const c = collectorCommand(machine, cfg);
   // flock(1) keeps holding the lock while its command runs, so wait with `true` and only then collect.
-  const child = spawn('sh', ['-c', 'flock -x "$0" true; exec "$@"', lockPath(cfg, machine), ...node, machine], {
-    detached: true,
-    stdio: 'ignore',
-    env: { ...process.env, MCTL_NET_STATE_DIR: cfg.stateDir, MCTL_NET_TABLE: cfg.table },
-  });
+  const child = spawn('sh', ['-c', 'flock -x "$0" true; exec "$@"', c.lock, ...c.argv], { detached: true, stdio: 'ignore', env: { ...process.env, ...c.env } });
   child.unref();
   return child.pid ?? 0;
 }

@@ -37,13 +37,19 @@ function ensureTableScript(table: string): string[] {
   return lines;
 }
 
-/** Add a machine's rules (creating the table and chains if needed) in one transaction. */
-export async function addMachineRules(table: string, machine: string, rules: readonly MachineRule[]): Promise<void> {
-  if (rules.length === 0) return;
+/** The `nft -f` input adding a machine's rules (and the table and chains if needed), or null for none. */
+export function machineRulesScript(table: string, machine: string, rules: readonly MachineRule[]): string | null {
+  if (rules.length === 0) return null;
   const tag = machineTag(machine);
   const lines = ensureTableScript(table);
   for (const r of rules) lines.push(`add rule inet ${table} ${r.chain} ${r.rule} comment "${tag}"`);
-  await nftScript(lines.join('\n') + '\n');
+  return lines.join('\n') + '\n';
+}
+
+/** Add a machine's rules (creating the table and chains if needed) in one transaction. */
+export async function addMachineRules(table: string, machine: string, rules: readonly MachineRule[]): Promise<void> {
+  const script = machineRulesScript(table, machine, rules);
+  if (script) await nftScript(script);
 }
 
 interface NftJsonRule {
