@@ -11,7 +11,7 @@ const held = useBox({ machines: { debian: { tree: debianTree(), copy: true } } }
 const UNIT = 'container@debian.service';
 
 /** mctl start → checks → mctl poweroff, for container@debian.service as currently configured. */
-async function startCheckPoweroff(box: Box): Promise<void> {
+async function startCheckPoweroff(box: Box, whileRunning?: (leader: number) => Promise<void>): Promise<void> {
   const start = await box.run(['mctl', 'start', 'debian'], { timeoutMs: 90_000 });
   try {
     const unitLog = async (): Promise<string> => (await box.run(['journalctl', '-u', UNIT, '--no-pager', '-o', 'cat'])).stdout;
@@ -34,6 +34,7 @@ async function startCheckPoweroff(box: Box): Promise<void> {
     assert.match(await box.runOk(['cat', `/proc/${unit.MainPID}/cmdline`]), /mctl-n/);
 
     assert.equal(await waitSystemRunning(box, 'debian', 60_000), 'running');
+    await whileRunning?.(Number(machine.Leader));
 
     await box.runOk(['mctl', 'poweroff', 'debian']);
     await waitFor(async () => (await box.run(['systemctl', 'is-active', UNIT])).stdout.trim() === 'inactive', 30_000, `${UNIT} inactive after poweroff`);
@@ -45,30 +46,34 @@ async function startCheckPoweroff(box: Box): Promise<void> {
   }
 }
 
-test('container@.service without user namespacing (drop-in drops -U): mctl start, registered under machine.slice, mctl poweroff', async () => {
-  const { box } = held;
-  const dropIn = '/etc/systemd/system/container@debian.service.d/t-box-no-userns.conf';
-  const execStart = (await box.runOk(['systemctl', 'show', UNIT, '-p', 'ExecStart', '--value'])).match(/argv\[\]=([^;]+);/)?.[1]?.trim();
-  assert.ok(execStart?.includes(' -U '), `the shipped unit uses -U: ${execStart}`);
-  await box.writeFile(dropIn, `[Service]\nExecStart=\nExecStart=${execStart!.replace(' -U ', ' ')}\n`);
-  await box.runOk(['systemctl', 'daemon-reload']);
-  try {
-    await startCheckPoweroff(box);
-  } finally {
-    await box.run(['rm', '-f', dropIn]);
-    await box.runOk(['systemctl', 'daemon-reload']);
-  }
+test('container@.service as shipped: mctl start debian, registered under machine.slice, mctl poweroff', async () => {
+  await startCheckPoweroff(held.box);
 });
 
 test(
-  'container@.service as shipped (-U): mctl start debian, registered under machine.slice, mctl poweroff',
+  'container@.service with -U (the systemd-nspawn@.service options, via a drop-in): same start/poweroff',
   {
     todo:
-      'mctl-nspawn -U fails on a systemd host (shared mount propagation): "failed to create /run/mctl-idmap/debian.PID/run: ' +
-      'Permission denied" — the runtime detaches its idmapped view before the container has entered it (issue #3/#6)',
+      'mctl-nspawn -U fails wherever / and /run are shared mounts (every systemd host): "failed to create ' +
+      '/run/mctl-idmap/debian.PID/run: Permission denied" (issue #6; container@.service withholds -U until then)',
   },
   async () => {
-    await startCheckPoweroff(held.box);
+    const { box } = held;
+    const dropIn = '/etc/systemd/system/container@debian.service.d/t-box-userns.conf';
+    const execStart = (await box.runOk(['systemctl', 'show', UNIT, '-p', 'ExecStart', '--value'])).match(/argv\[\]=([^;]+);/)?.[1]?.trim();
+    assert.ok(execStart && !execStart.includes(' -U '), `ExecStart: ${execStart}`);
+    await box.writeFile(dropIn, `[Service]\nExecStart=\nExecStart=${execStart.replace(' --settings=', ' -U --settings=')}\n`);
+    await box.runOk(['systemctl', 'daemon-reload']);
+    try {
+      await startCheckPoweroff(box, async (leader) => {
+        const [inside, outside, count] = (await box.runOk(['cat', `/proc/${leader}/uid_map`])).trim().split(/\s+/).map(Number);
+        assert.equal(inside, 0);
+        assert.ok(outside! >= 0x80000 && count === 65536, `a picked private range, got ${outside}/${count}`);
+      });
+    } finally {
+      await box.run(['rm', '-f', dropIn]);
+      await box.runOk(['systemctl', 'daemon-reload']);
+    }
   },
 );
 
