@@ -99,7 +99,8 @@ export function cgroupTreeLines(cgroupPath: string, maxWidth = Infinity): string
   const cut = (s: string) => (s.length > maxWidth ? `${s.slice(0, Math.max(0, maxWidth - 1))}…` : s);
   const walk = (dir: string, prefix: string): void => {
     const pids = pidsIn(dir);
-    const subs = children(dir).filter((c) => pidsIn(join(dir, c)).length > 0 || hasProcesses(join(dir, c)));
+    // Empty sub-cgroups are left out, as systemd-cgls does.
+    const subs = children(dir).filter((c) => hasProcesses(join(dir, c)));
     const items: ({ pid: number } | { sub: string })[] = [...pids.map((pid) => ({ pid })), ...subs.map((sub) => ({ sub }))];
     items.forEach((item, i) => {
       const last = i === items.length - 1;

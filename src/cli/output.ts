@@ -54,7 +54,7 @@ export function renderTable(headers: string[], rows: string[][], options: TableO
 }
 
 /** Key/value block with right-aligned keys, as `machinectl status` prints. */
-export function renderFields(fields: [string, string][], paint: Paint): string {
+export function renderFields(fields: [string, string][]): string {
   const w = Math.max(0, ...fields.map(([k]) => k.length));
   const out: string[] = [];
   for (const [key, value] of fields) {
@@ -62,7 +62,6 @@ export function renderFields(fields: [string, string][], paint: Paint): string {
     out.push(`${key.padStart(w)}: ${lines[0]}`);
     for (const more of lines.slice(1)) out.push(`${' '.repeat(w + 2)}${more}`);
   }
-  void paint;
   return out.length ? `${out.join('\n')}\n` : '';
 }
 

@@ -60,6 +60,9 @@ export function describeBusError(err: unknown, subject: Subject = {}): UserError
     case 'org.freedesktop.DBus.Error.AccessDenied':
     case 'org.freedesktop.DBus.Error.InteractiveAuthorizationRequired':
       return new UserError(`${what}permission denied: ${text}`, { hint: 'run as root' });
+    case 'org.freedesktop.systemd1.NoSuchUnit':
+    case 'org.freedesktop.systemd1.LoadFailed':
+      return new UserError(`${what}${text}`, { hint: 'install units/container@.service and units/machines.target into /etc/systemd/system, then systemctl daemon-reload' });
     case 'org.freedesktop.DBus.Error.UnknownMethod':
       return new UserError(`${what}the machine manager does not support this: ${text}`);
     case 'org.freedesktop.DBus.Error.InvalidArgs':

@@ -115,11 +115,11 @@ const imageStatus: CommandModule<GlobalArgs, Args<NamesArgs>> = {
         const pretty = st.os['PRETTY_NAME'] ?? st.os['NAME'];
         if (pretty) f.push(['OS', pretty]);
         f.push(['RO', st.readOnly ? s.paint.red('read-only') : 'writable']);
-        if (st.created) f.push(['Created', `${formatTimestamp(st.created * 1)}; ${formatRelative(st.created)}`]);
+        if (st.created) f.push(['Created', `${formatTimestamp(st.created)}; ${formatRelative(st.created)}`]);
         if (st.modified) f.push(['Modified', `${formatTimestamp(st.modified)}; ${formatRelative(st.modified)}`]);
         if (st.usage !== null) f.push(['Usage', `${formatBytes(st.usage)}${st.usageExclusive !== null && st.usageExclusive !== st.usage ? ` (exclusive: ${formatBytes(st.usageExclusive)})` : ''}`]);
         if (st.limit !== null) f.push(['Limit', `${formatBytes(st.limit)}${st.limitExclusive !== null && st.limitExclusive !== st.limit ? ` (exclusive: ${formatBytes(st.limitExclusive)})` : ''}`]);
-        return `${s.paint.bold(st.name)}\n${renderFields(f, s.paint)}`;
+        return `${s.paint.bold(st.name)}\n${renderFields(f)}`;
       });
       process.stdout.write(text.join('\n'));
     }),

@@ -1,5 +1,5 @@
 // start, poweroff/stop, reboot, terminate, kill, enable, disable.
-import { existsSync, lstatSync, mkdirSync, readlinkSync, symlinkSync, unlinkSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CommandModule } from 'yargs';
 import type { GlobalArgs } from '../session.js';
@@ -199,7 +199,6 @@ function disableOffline(names: string[]): [string, string, string][] {
   for (const name of names) {
     const link = join(unitDir(), 'machines.target.wants', containerUnit(name));
     if (!linkExists(link)) continue;
-    readlinkSync(link);
     unlinkSync(link);
     changes.push(['unlink', link, '']);
   }

@@ -171,7 +171,7 @@ function renderStatus(st: MachineStatus, s: Session, full: boolean): string {
   // A machine registered without a unit (no systemd) still has a control group to show.
   if (st.unit) fields.push(['Unit', [st.unit, ...tree].join('\n')]);
   else if (st.cgroup) fields.push(['CGroup', [st.cgroup, ...tree].join('\n')]);
-  return `${p.bold(st.name)}${st.id ? `(${st.id})` : ''}\n${renderFields(fields, p)}`;
+  return `${p.bold(st.name)}${st.id ? `(${st.id})` : ''}\n${renderFields(fields)}`;
 }
 
 interface StatusArgs {
