@@ -22,14 +22,18 @@ export default async function run() {
     MCTL_NET_STATE_DIR: `${dir}/net`,
     MCTL_NET_POOL4: '10.245.0.0/20',
   };
-  const time = (argv) => () => timeCommand(argv, { env });
+  // A fresh machine name per run: a restart under the same name first waits for the previous
+  // run's collector, which is a different measurement (and stock nspawn has no such step).
+  let n = 0;
+  const fresh = (argv) => argv.map((a) => (a === 'bench-net' || a === 'bench-userns' ? `${a}-${n++}` : a));
+  const time = (argv) => () => timeCommand(fresh(argv), { env });
   const common = ['-q', '--register=no', '--keep-unit', '--read-only', '--timezone=off', '--resolv-conf=off', '-D', tree];
   const ref = ['systemd-nspawn', ...common];
   const ours = [OURS, '--console=pipe', ...common];
   const veth = ['-M', 'bench-net', '--network-veth', '-p', '18777:80'];
   const userns = ['-M', 'bench-userns', '--private-users=pick', '--private-users-ownership=map'];
   const tru = ['/bin/true'];
-  const diff = (a, b) => () => timeCommand(a, { env }) - timeCommand(b, { env });
+  const diff = (a, b) => () => timeCommand(fresh(a), { env }) - timeCommand(fresh(b), { env });
   // Stock nspawn leaves its (empty) io.systemd.nat tables behind; remove them if we caused them.
   const natExisted = spawnSync('nft', ['list', 'table', 'ip', 'io.systemd.nat'], { stdio: 'ignore' }).status === 0;
   try {
