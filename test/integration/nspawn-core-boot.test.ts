@@ -147,3 +147,4 @@ print(s.recv(4096).decode().replace("\\n", " "), flush=True)
     rmSync(dir, { recursive: true, force: true });
   }
 });
+

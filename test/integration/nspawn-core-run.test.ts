@@ -312,3 +312,28 @@ test('file descriptors the launcher inherited beyond stdio do not reach the payl
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), 'clean');
 });
+
+test('a stop request before PID 1 can take the kill signal is held back, not lost (nspawn drops it)', async () => {
+  // PID 1 installs its SIGRTMIN+3 handler only after a second, like an init that is still starting
+  const spec = baseSpec(['/bin/bash', '-c', 'sleep 1; trap "exit 0" RTMIN+3; while :; do sleep 0.1; done'], { killSignal: 37, machineName: 't-nsc-early', hostname: 't-nsc-early' });
+  const dir = mkdtempSync('/tmp/mctl-nsc-early-');
+  const child = spawn(process.execPath, ['--import', 'tsx', DRIVER, JSON.stringify(spec)], { stdio: 'ignore', env: { ...process.env, MCTL_TEST_HOOK_FILE: `${dir}/pid` } });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  try {
+    const deadline = Date.now() + 10_000;
+    let pid = 0;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+      if (!existsSync(`${dir}/pid`)) continue;
+      pid = Number(readFileSync(`${dir}/pid`, 'utf8'));
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'bash') break;
+    }
+    child.kill('SIGTERM'); // bash is PID 1 and has no handler yet
+    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 10_000).unref())]);
+    assert.equal(code, 0);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

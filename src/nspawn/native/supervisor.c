@@ -78,6 +78,27 @@ static void write_all(int fd, const char *buf, size_t n)
 	}
 }
 
+/* Will PID take SIG? A PID namespace's init drops signals it neither catches nor blocks
+ * (systemd blocks its signals and reads them from a signalfd). */
+static bool catches(pid_t pid, int sig)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return true; /* cannot tell: just send it */
+	unsigned long long taken = 0;
+	bool seen = false;
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "SigCgt:", 7) == 0 || strncmp(line, "SigBlk:", 7) == 0) {
+			taken |= strtoull(line + 7, NULL, 16);
+			seen = true;
+		}
+	}
+	fclose(f);
+	return !seen || ((taken >> (sig - 1)) & 1ULL);
+}
+
 static long long now_ms(void)
 {
 	struct timespec ts;
@@ -161,6 +182,7 @@ int supervise(const struct config *c, pid_t leader, int sock)
 	bool stdin_open = c->console == CONSOLE_INTERACTIVE;
 	bool output = c->console == CONSOLE_INTERACTIVE || c->console == CONSOLE_READ_ONLY;
 	int kill_requests = 0;
+	bool stop_pending = false; /* asked to stop before PID 1 could handle the kill signal */
 	int escapes = 0;
 	long long first_escape = 0;
 	int status = 0;
@@ -175,10 +197,14 @@ int supervise(const struct config *c, pid_t leader, int sock)
 		if (master >= 0) { i_master = n; p[n++] = (struct pollfd){ .fd = master, .events = POLLIN }; }
 		if (master >= 0 && stdin_open) { i_stdin = n; p[n++] = (struct pollfd){ .fd = 0, .events = POLLIN }; }
 		if (notify >= 0) { i_notify = n; p[n++] = (struct pollfd){ .fd = notify, .events = POLLIN }; }
-		if (poll(p, (nfds_t)n, -1) < 0) {
+		if (poll(p, (nfds_t)n, stop_pending ? 20 : -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
+		}
+		if (stop_pending && catches(leader, c->kill_signal)) {
+			stop_pending = false;
+			kill(leader, c->kill_signal);
 		}
 		if (i_sock >= 0 && p[i_sock].revents) {
 			char buf[1100];
@@ -292,7 +318,11 @@ int supervise(const struct config *c, pid_t leader, int sock)
 					else {
 						if (!c->quiet && c->kill_signal != SIGKILL)
 							dprintf(2, "Trying to halt container %s. Send SIGTERM again to trigger immediate termination.\n", c->name);
-						kill(leader, c->kill_signal);
+						/* unlike nspawn, do not lose it to a guest init that is still starting */
+						if (c->kill_signal != SIGKILL && !catches(leader, c->kill_signal))
+							stop_pending = true;
+						else
+							kill(leader, c->kill_signal);
 					}
 					break;
 				}
