@@ -211,6 +211,7 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
         ipvlan: plan.ipvlan,
         ports: plan.ports,
         auto: plan.auto,
+        collector: true,
       });
     },
     async teardown() {
@@ -345,11 +346,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       setup.afterNamespaces.push(async (pid) => {
         await runtime.afterNamespaces(pid);
         const net = runtime.network();
-        if (net) {
-          const { spawnCollector } = await import('../net/machine.js');
-          spawnCollector(input.machineName);
-          keep.push(() => void net.lock.keepAcrossExec());
-        }
+        if (net) keep.push(() => void net.lock.keepAcrossExec());
       });
     }
     // Last hook: from here on the native supervisor (which this process execs into) holds the locks.
