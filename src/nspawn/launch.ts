@@ -6,7 +6,6 @@
 // (`prepare`: CLONE_PARENT) where it waits; we run the hooks with its PID, then execve() into
 // `mctl-nsexec supervise`, which takes the child's socket end over with pidfd_getfd and
 // releases it. Details and measurements: docs/nspawn-internals.md.
-import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
@@ -185,6 +184,8 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
   const afterNamespaces = hooks.afterNamespaces ?? [];
   if (afterNamespaces.length === 0) execve(helper, ['mctl-nsexec', 'run', ...args], env);
 
+  // child_process costs a few ms to load: only the hook path needs it
+  const { spawnSync } = await import('node:child_process');
   const r = spawnSync(helper, ['prepare', ...args], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
   if (r.status !== 0) throw new UserError('failed to create the container', { exitCode: 1 });
   const report = r.output[3]?.toString() ?? '';
