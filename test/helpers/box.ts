@@ -31,7 +31,8 @@ import { testhostTree } from './images.js';
 /** The checkout root; bound read-only into the box at the same path, so bin/, dist/ and node_modules work inside. */
 export const checkoutRoot = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 
-const STATE_DIR = '/run/mctl-test-box';
+/** One JSON file per live box (BoxState), for the reaper and for tests that watch other processes' boxes. */
+export const STATE_DIR = '/run/mctl-test-box';
 const BOOT_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 15_000;
 const OUTPUT_KEEP = 64 * 1024;
@@ -90,6 +91,8 @@ interface BoxState {
   workDir: string;
   cgroups: string[];
   overlays: string[];
+  /** Set once systemd in the box said running/degraded. */
+  booted?: boolean;
 }
 
 const liveBoxes = new Set<Box>();
@@ -141,6 +144,7 @@ export class Box {
   }
 
   private saveState(): void {
+    mkdirSync(STATE_DIR, { recursive: true }); // another box's teardown may have removed it
     writeFileSync(join(STATE_DIR, `${this.name}.json`), JSON.stringify(this.state));
   }
 
@@ -217,6 +221,8 @@ export class Box {
       await sleep(20);
     }
     this.bootMs = Date.now() - started;
+    this.state.booted = true;
+    this.saveState();
   }
 
   /** A writable view of a cached tree: overlay with upper/work dirs in the box's work dir. */
@@ -309,11 +315,18 @@ export class Box {
     return this.stopping;
   }
 
-  /** Synchronous last resort for process exit: kill nspawn by PID, wait briefly, clean the host. */
-  stopSync(): void {
+  /**
+   * Synchronous teardown for signal handlers and process exit, where the event loop cannot be
+   * relied on (the test runner may close our pipes or kill us next): an orderly stop of a booted
+   * box within graceMs, else SIGKILL to nspawn by PID; then the host-side cleanup.
+   */
+  stopSync(graceMs = 0): void {
     const pid = this.state.nspawnPid;
     if (pid && isAlive(pid)) {
-      signalPid(pid, 'SIGKILL');
+      const deadline = Date.now() + graceMs;
+      if (this.bootState !== '' && graceMs > 0) signalPid(pid, 'SIGTERM');
+      while (isAlive(pid) && Date.now() < deadline) spawnSync('sleep', ['0.02']);
+      if (isAlive(pid)) signalPid(pid, 'SIGKILL');
       for (let i = 0; i < 100 && isAlive(pid); i++) spawnSync('sleep', ['0.02']);
     }
     this.leader = 0;
@@ -547,6 +560,11 @@ function cleanupHost(state: BoxState): void {
   rmSync(`/run/systemd/nspawn/propagate/${state.name}`, { recursive: true, force: true });
   if (!state.overlays.some(isMounted)) rmSync(state.workDir, { recursive: true, force: true });
   rmSync(join(STATE_DIR, `${state.name}.json`), { force: true });
+  try {
+    rmdirSync(STATE_DIR); // only when no other box is up
+  } catch {
+    // not empty, or gone
+  }
 }
 
 /** Boxes whose test process died without teardown (SIGKILL, crash): stop their nspawn and clean up. */
@@ -575,9 +593,16 @@ function installExitHandlers(): void {
   if (handlersInstalled) return;
   handlersInstalled = true;
   const onSignal = (signal: NodeJS.Signals): void => {
-    process.stderr.write(`\nbox: ${signal}, tearing down ${liveBoxes.size} box(es)\n`);
-    void Promise.all([...liveBoxes].map((b) => b.stop())).finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+    // Synchronous on purpose: on Ctrl-C the test runner closes our pipes and may kill us soon.
+    for (const box of [...liveBoxes]) box.stopSync(5_000);
+    try {
+      process.stderr.write(`\nbox: ${signal}, boxes torn down\n`);
+    } catch {
+      // stderr may be gone
+    }
+    process.exit(signal === 'SIGINT' ? 130 : 143);
   };
+  process.stderr.on('error', () => {}); // EPIPE after the runner went away must not abort teardown
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   // Last resort on a plain exit with a box still up: only synchronous work is possible here.

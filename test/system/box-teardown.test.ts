@@ -4,10 +4,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { bootBox, leftovers, reapStaleBoxes, waitFor, type Box } from '../helpers/box.js';
+import { STATE_DIR, bootBox, leftovers, reapStaleBoxes, waitFor, type Box } from '../helpers/box.js';
 import { debianTree } from '../helpers/images.js';
 
 type BoxIds = Pick<Box, 'name' | 'workDir' | 'nspawnPid'>;
@@ -51,6 +51,34 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+test('Ctrl-C of a whole `node --test` run (SIGINT to its process group) tears the box down', async () => {
+  // As from a terminal: runner and test file share a process group and both get SIGINT; the
+  // runner then closes the file's pipes, so the teardown must not depend on them.
+  // Without NODE_TEST_CONTEXT, which would make the nested runner run the file in-process.
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT;
+  const runner = spawn(process.execPath, ['--import', 'tsx', '--test', holdBox], { stdio: 'ignore', detached: true, env });
+  // The runner holds the file's output until it ends: find the box by its state file instead.
+  let ids: BoxIds | undefined;
+  const stopRunner = (): void => {
+    if (runner.exitCode === null && runner.signalCode === null) runner.kill('SIGKILL');
+  };
+  await waitFor(
+    async () => {
+      ids = boxStates().find((st) => st.booted && parentOf(st.ownerPid) === runner.pid);
+      return ids !== undefined;
+    },
+    60_000,
+    'a booted box under the runner',
+  ).catch((err: Error) => {
+    stopRunner();
+    throw err;
+  });
+  process.kill(-runner.pid!, 'SIGINT');
+  await exitCode(runner);
+  await waitFor(async () => leftovers(ids!).length === 0, 15_000, `box ${ids!.name} torn down (left: ${leftovers(ids!).join(', ')})`);
+});
+
 test('SIGKILL of the test process: nspawn dies with it and the next boot reaps the rest', async () => {
   const { child, ids } = await startHolder();
   child.kill('SIGKILL');
@@ -75,6 +103,26 @@ async function startHolder(): Promise<{ child: ReturnType<typeof spawn>; ids: Bo
 function exitCode(child: ReturnType<typeof spawn>): Promise<number | null> {
   if (child.exitCode !== null) return Promise.resolve(child.exitCode);
   return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
+function boxStates(): (BoxIds & { ownerPid: number; booted?: boolean })[] {
+  if (!existsSync(STATE_DIR)) return [];
+  return readdirSync(STATE_DIR).flatMap((f) => {
+    try {
+      return [JSON.parse(readFileSync(`${STATE_DIR}/${f}`, 'utf8'))];
+    } catch {
+      return [];
+    }
+  });
+}
+
+function parentOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return 0;
+  }
 }
 
 async function bootError(options: Parameters<typeof bootBox>[0]): Promise<Error> {
