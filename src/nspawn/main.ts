@@ -169,7 +169,7 @@ runMain('mctl-nspawn', async () => {
     const hooks: import('./launch.js').LaunchHooks = {};
     if (registrationPlan(registerMode, keepUnit) !== 'nothing') {
       const registration = new Registration(registerMode, keepUnit, {
-        machineName, uuid, rootDirectory: root, netifIndices: [], slice: o.slice,
+        machineName, uuid, rootDirectory: root, netifIndices: netUsers?.netifIndices ?? [], slice: o.slice,
         // Always, unlike nspawn (which only passes --kill-signal): we cannot be the scope's
         // Controller answering RequestStop, so the service must know how to stop PID 1 itself.
         killSignal: spec.killSignal,

@@ -2,7 +2,7 @@
 // [Network]/PrivateUsers keys), nspawn's conflict rules, and the hooks that set the network up
 // once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
 // src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
-import { lstatSync, lchownSync } from 'node:fs';
+import { lstatSync, lchownSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../common/errors.js';
 // Only the light parsers are loaded up front; the machinery is imported when a container needs it.
@@ -246,6 +246,8 @@ export interface NetUsernsSetup {
   onAbort: Array<() => Promise<void>>;
   /** Undo for a failure before launch() was reached. */
   cleanup(): Promise<void>;
+  /** Host-side interface indices, filled once the network is set up (for RegisterMachineWithNetwork). */
+  netifIndices?: number[];
 }
 
 export interface NetUsernsInput {
@@ -290,6 +292,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       }
     }
   };
+  const netifIndices: number[] = [];
   const setup: NetUsernsSetup = {
     privateNetwork: plan.privateNetwork,
     hostLikeConnectivity: plan.veth && plan.auto && !plan.bridge,
@@ -298,6 +301,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
     afterNamespaces: [],
     onAbort: [cleanup],
     cleanup,
+    netifIndices,
   };
   const keep: Array<() => void> = [];
   try {
@@ -346,7 +350,15 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       setup.afterNamespaces.push(async (pid) => {
         await runtime.afterNamespaces(pid);
         const net = runtime.network();
-        if (net) keep.push(() => void net.lock.keepAcrossExec());
+        if (net) {
+          keep.push(() => void net.lock.keepAcrossExec());
+          // sysfs, not `ip`: registration runs right after and an exec here would cost more.
+          for (const ifname of [net.state.hostIf, ...net.state.extraHostIfs]) {
+            if (!ifname) continue;
+            const index = Number(readFileSync(`/sys/class/net/${ifname}/ifindex`, 'utf8'));
+            if (index > 0) netifIndices.push(index);
+          }
+        }
       });
     }
     // Last hook: from here on the native supervisor (which this process execs into) holds the locks.
