@@ -12,6 +12,7 @@ import { debianTree } from '../helpers/images.js';
 
 type BoxIds = Pick<Box, 'name' | 'workDir' | 'nspawnPid'>;
 const holdBox = fileURLToPath(new URL('./fixtures/hold-box.ts', import.meta.url));
+const failsInBox = fileURLToPath(new URL('./fixtures/fails-in-box.ts', import.meta.url));
 
 test('stop() removes the box, its overlays and its cgroups', async () => {
   const box = await bootBox({ machines: { debian: debianTree() } });
@@ -77,6 +78,21 @@ test('Ctrl-C of a whole `node --test` run (SIGINT to its process group) tears th
   process.kill(-runner.pid!, 'SIGINT');
   await exitCode(runner);
   await waitFor(async () => leftovers(ids!).length === 0, 15_000, `box ${ids!.name} torn down (left: ${leftovers(ids!).join(', ')})`);
+});
+
+test('a failing test gets the box journal in its output, and the box still goes away', async () => {
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT;
+  const run = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', failsInBox], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let out = '';
+  run.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  run.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+  assert.equal(await exitCode(run), 1, out);
+  const name = /# box (t-box-[0-9a-f]+) booted/.exec(out)?.[1];
+  assert.ok(name, out);
+  assert.match(out, new RegExp(`journal of box ${name} after failed test "fails on purpose inside the box"`));
+  assert.match(out, /systemd\[1\]: Reached target multi-user\.target/, 'the journal itself, not just a header');
+  assert.deepEqual(leftoversByName(name), []);
 });
 
 test('SIGKILL of the test process: nspawn dies with it and the next boot reaps the rest', async () => {
