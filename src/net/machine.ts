@@ -350,6 +350,7 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
         host,
         // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
         sysctls: auto && req.ports.length > 0 && gwIf ? [[`ipv4/conf/${gwIf}/route_localnet`, '1']] : [],
+        // lo always (as nspawn's loopback_setup does); host0 and its addresses with auto.
         container: auto
           ? [
               'link set lo up',
@@ -359,7 +360,7 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
               `route add default via ${auto.ipv4.gateway} dev host0`,
               `route add ::/0 via ${auto.ipv6.gateway} dev host0`,
             ]
-          : [],
+          : ['link set lo up'],
         netns: `/proc/${req.leaderPid}/ns/net`,
         watcher: req.collector ? collectorCommand(machine, cfg) : null,
       });
