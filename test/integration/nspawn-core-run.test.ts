@@ -337,3 +337,18 @@ test('a stop request before PID 1 can take the kill signal is held back, not los
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('root layers: overlay (writes vanish) and volatile (tmpfs root, the tree\'s /usr read-only)', () => {
+  const probe = 'mawk \'$5=="/"{for(i=7;i<=NF;i++) if($i=="-"){print "root="$(i+1); break}}\' /proc/self/mountinfo; touch /t-nsc-file && echo root-writable; touch /usr/t-nsc-file 2>/dev/null || echo usr-ro; test -x /bin/sh && echo bin-ok';
+  const overlay = driver(baseSpec(['/bin/sh', '-c', probe], { rootLayer: 'overlay', readOnlyRoot: false }));
+  assert.equal(overlay.status, 0, overlay.stderr);
+  assert.match(overlay.stdout, /^root=overlay$/m);
+  assert.match(overlay.stdout, /^root-writable$/m);
+  const vol = driver(baseSpec(['/bin/sh', '-c', probe], { rootLayer: 'volatile', readOnlyRoot: false }));
+  assert.equal(vol.status, 0, vol.stderr);
+  assert.match(vol.stdout, /^root=tmpfs$/m);
+  assert.match(vol.stdout, /^root-writable$/m);
+  assert.match(vol.stdout, /^usr-ro$/m);
+  assert.match(vol.stdout, /^bin-ok$/m);
+  assert.ok(!existsSync(`${tree}/t-nsc-file`) && !existsSync(`${tree}/usr/t-nsc-file`), 'the tree is untouched');
+});

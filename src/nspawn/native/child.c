@@ -132,6 +132,14 @@ static void ensure_mount_point(const char *src, const char *dst)
 #define FSCONFIG_CMD_CREATE_ 6
 #define FSMOUNT_CLOEXEC_ 1
 #define MOVE_MOUNT_F_EMPTY_PATH_ 4
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#define OPEN_TREE_CLONE_ 1
+#define OPEN_TREE_CLOEXEC_ O_CLOEXEC
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
 
 /* A tmpfs that is mounted nowhere (new mount API): a home for throw-away layers that needs no
  * mount point on the host and vanishes with the mount namespace, even after a SIGKILL. */
@@ -140,7 +148,8 @@ static int detached_tmpfs(void)
 	int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC_);
 	if (fs < 0)
 		fail("fsopen(tmpfs): %s", strerror(errno));
-	if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING_, "mode", "0755", 0) < 0 ||
+	if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING_, "source", "tmpfs", 0) < 0 ||
+	    syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING_, "mode", "0755", 0) < 0 ||
 	    syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE_, NULL, NULL, 0) < 0)
 		fail("failed to create a tmpfs: %s", strerror(errno));
 	int m = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC_, 0);
@@ -187,13 +196,18 @@ static void assemble_root(const struct config *c)
 		if (symlinkat(target, t, links[i]) < 0)
 			fail("failed to create /%s: %s", links[i], strerror(errno));
 	}
-	char usr[64];
-	snprintf(usr, sizeof(usr), "/proc/self/fd/%d/usr", t);
-	xmount(in_root("/usr"), usr, NULL, MS_BIND | MS_REC, NULL);
-	if (remount_bind(usr, true) < 0)
-		fail("failed to make /usr read-only: %s", strerror(errno));
+	/* a detached tree is no mount point for mount(2): clone /usr first (open_tree), put the
+	 * tmpfs on the root, then attach the clone below it */
+	int usr = (int)syscall(SYS_open_tree, AT_FDCWD, in_root("/usr"), OPEN_TREE_CLONE_ | OPEN_TREE_CLOEXEC_ | AT_RECURSIVE);
+	if (usr < 0)
+		fail("failed to take /usr of %s: %s", root, strerror(errno));
 	if (syscall(SYS_move_mount, t, "", AT_FDCWD, root, MOVE_MOUNT_F_EMPTY_PATH_) < 0)
 		fail("failed to mount the volatile root: %s", strerror(errno));
+	if (syscall(SYS_move_mount, usr, "", AT_FDCWD, in_root("/usr"), MOVE_MOUNT_F_EMPTY_PATH_) < 0)
+		fail("failed to mount /usr on the volatile root: %s", strerror(errno));
+	if (remount_bind(in_root("/usr"), true) < 0)
+		fail("failed to make /usr read-only: %s", strerror(errno));
+	close(usr);
 	close(t);
 }
 
