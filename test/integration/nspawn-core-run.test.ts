@@ -352,3 +352,40 @@ test('root layers: overlay (writes vanish) and volatile (tmpfs root, the tree\'s
   assert.match(vol.stdout, /^bin-ok$/m);
   assert.ok(!existsSync(`${tree}/t-nsc-file`) && !existsSync(`${tree}/usr/t-nsc-file`), 'the tree is untouched');
 });
+
+test('mount operations apply in order inside the root: bind ro/rw, tmpfs, overlay, inaccessible', () => {
+  const dir = mkdtempSync('/tmp/mctl-nsc-mnt-');
+  try {
+    spawnSync('sh', ['-c', `mkdir -p ${dir}/src ${dir}/lower ${dir}/upper ${dir}/work && echo hi > ${dir}/src/f && echo low > ${dir}/lower/l`]);
+    const probe = [
+      'cat /mnt/ro/f; touch /mnt/ro/x 2>/dev/null || echo ro-denied',
+      'touch /mnt/rw/x && echo rw-ok',
+      'grep -E " /mnt/t " /proc/self/mountinfo | grep -o "mode=700"',
+      'cat /mnt/ov/l; echo new > /mnt/ov/n && echo ov-ok',
+      // an empty mode-0 node over each (root with CAP_DAC_OVERRIDE still opens it: empty)
+      'test -s /etc/hostname || echo hidden-file',
+      'test -z "$(ls -A /root)" && echo hidden-dir',
+    ].join('; ');
+    const r = driver(
+      baseSpec(['/bin/sh', '-c', probe], {
+        rootLayer: 'overlay',
+        readOnlyRoot: false,
+        mounts: [
+          { kind: 'bind', source: `${dir}/src`, destination: '/mnt/ro', readOnly: true, recursive: true },
+          { kind: 'bind', source: `${dir}/src`, destination: '/mnt/rw', readOnly: false, recursive: false },
+          { kind: 'tmpfs', destination: '/mnt/t', options: 'mode=0700' },
+          { kind: 'overlay', destination: '/mnt/ov', lowerDirs: [`${dir}/lower`], upperDir: `${dir}/upper`, workDir: `${dir}/work` },
+          { kind: 'inaccessible', destination: '/etc/hostname' },
+          { kind: 'inaccessible', destination: '/root' },
+        ],
+      }),
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const out = r.stdout.split('\n');
+    for (const line of ['hi', 'ro-denied', 'rw-ok', 'mode=700', 'low', 'ov-ok', 'hidden-file', 'hidden-dir']) assert.ok(out.includes(line), `${line} in ${r.stdout}`);
+    assert.equal(readFileSync(`${dir}/upper/n`, 'utf8'), 'new\n', 'overlay writes land in the upper dir');
+    assert.ok(existsSync(`${dir}/src/x`), 'the rw bind writes through');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
