@@ -7,10 +7,11 @@
 // Needs root (pull-tar writes the pool and runs tar in a network namespace) and `npm run build`.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { compare } from './lib.mjs';
+import { compare, median } from './lib.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cache = process.env.MCTL_IMAGE_CACHE || '/var/cache/mctl-test';
@@ -66,10 +67,17 @@ function startServer(file) {
   return new Promise((resolve) => child.stdout.once('data', (d) => resolve({ child, url: `http://127.0.0.1:${String(d).trim()}/bench.tar.xz` })));
 }
 
-function timed(fn) {
+const cpu = { ours: [], reference: [] };
+const cpuFile = `/tmp/mctl-bench-pull-cpu-${process.pid}`;
+
+/** Wall ms of ARGV; its CPU seconds (user+sys, children included) go to cpu[SIDE]. */
+function timed(side, argv, options) {
   const t0 = process.hrtime.bigint();
-  fn();
-  return Number(process.hrtime.bigint() - t0) / 1e6;
+  execFileSync('/usr/bin/time', ['-f', '%U %S', '-o', cpuFile, ...argv], options);
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  const [u, s] = readFileSync(cpuFile, 'utf8').trim().split('\n').pop().split(' ').map(Number);
+  cpu[side].push(u + s);
+  return ms;
 }
 
 /** Tree listing that shows any difference in type, mode, owner, size, links, target, mtime or xattrs. */
@@ -105,15 +113,19 @@ export default async function run() {
       warmup: 1,
       ours: async () => {
         clean();
-        return timed(() => execFileSync(process.execPath, [mctl, 'pull-tar', '--verify=no', url, 'bench'], { env, stdio: ['ignore', 'ignore', 'inherit'] }));
+        return timed('ours', [process.execPath, mctl, 'pull-tar', '--verify=no', url, 'bench'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
       },
       reference: async () => {
         clean();
         mkdirSync(refDir);
-        return timed(() => sh(`curl -sf "$1" | xz -d | tar ${TAR_FLAGS.join(' ')} -xpf - -C "$2"`, [url, refDir]));
+        return timed('reference', ['sh', '-c', `curl -sf "$1" | xz -d | tar ${TAR_FLAGS.join(' ')} -xpf - -C "$2"`, 'sh', url, refDir], { stdio: ['ignore', 'ignore', 'inherit'] });
       },
     });
     console.log(`  throughput: ours ${(xzMB / (result.ours / 1000)).toFixed(1)} MB/s compressed (${(tarMB / (result.ours / 1000)).toFixed(1)} MB/s unpacked), reference ${(xzMB / (result.reference / 1000)).toFixed(1)} MB/s compressed (${(tarMB / (result.reference / 1000)).toFixed(1)} MB/s unpacked)`);
+    // CPU time is what a busy machine shows least noisily (the warm-up pair included)
+    const co = median(cpu.ours);
+    const cr = median(cpu.reference);
+    console.log(`  CPU (user+sys, all processes but the server): ours ${co.toFixed(2)} s, reference ${cr.toFixed(2)} s, ratio ${(co / cr).toFixed(3)}`);
     // one more pair, kept, to check the trees are identical
     clean();
     execFileSync(process.execPath, [mctl, 'pull-tar', '--verify=no', url, 'bench'], { env, stdio: 'ignore' });
@@ -126,6 +138,7 @@ export default async function run() {
   } finally {
     child.kill();
     rmSync(work, { recursive: true, force: true });
+    rmSync(cpuFile, { force: true });
   }
 }
 

@@ -11,7 +11,7 @@ import { HashingCounter } from './checksums.js';
 import { compressionFromSuffix, createEncoder, type Compression } from './compression.js';
 import { assertLocalName, defaultNameFromDirectory, defaultNameFromFile, tempEntryName, type ImageKind } from './names.js';
 import { createProgress } from './progress.js';
-import { runTool } from './subprocess.js';
+import { runTool, settle } from './subprocess.js';
 import { TransferCanceled, unpackRaw, unpackTar } from './unpack.js';
 import type { TransferResult } from './pull.js';
 import { WorkEntry } from './work-entry.js';
@@ -147,15 +147,21 @@ export async function exportImage(options: ExportOptions): Promise<{ bytes: numb
     return { bytes: counter.bytes, compression };
   } catch (err) {
     progress.done();
+    // a program that failed on its own explains more than the broken pipe that followed
+    const outputClosed = err instanceof Error && (err as NodeJS.ErrnoException).code === 'EPIPE';
+    let cause: unknown = outputClosed ? new UserError('output closed before the export was complete') : err;
+    for (const p of outputClosed ? [] : [producer?.finished, encoder.finished]) {
+      const r = p ? await settle(p, 1000) : 'ok';
+      if (r instanceof Error) {
+        cause = r;
+        break;
+      }
+    }
     producer?.kill();
     encoder.kill();
     await Promise.allSettled([producer?.finished, encoder.finished]);
     if (temp) await rm(temp, { force: true });
     if (signal.aborted) throw new TransferCanceled();
-    // the program's own complaint explains more than a broken pipe does
-    for (const p of [producer?.finished, encoder.finished]) {
-      if (p) await p;
-    }
-    throw err;
+    throw cause;
   }
 }

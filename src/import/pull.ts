@@ -39,6 +39,15 @@ export interface TransferResult {
   settings: boolean;
 }
 
+/** Download-only transfers still need a work entry name; any URL will do. */
+function workNameFor(url: string, kind: ImageKind): string {
+  try {
+    return defaultNameFromUrl(url, kind);
+  } catch {
+    return 'download';
+  }
+}
+
 function canceledOr(err: unknown, signal: AbortSignal): unknown {
   return signal.aborted ? new TransferCanceled() : err;
 }
@@ -48,7 +57,7 @@ export async function pull(options: PullOptions): Promise<TransferResult> {
   const log = options.log ?? (() => undefined);
   checkUrl(url);
   const downloadOnly = options.name === '-';
-  const name = downloadOnly || options.name === undefined ? defaultNameFromUrl(url, kind) : assertLocalName(options.name);
+  const name = downloadOnly ? workNameFor(url, kind) : options.name === undefined ? defaultNameFromUrl(url, kind) : assertLocalName(options.name);
   const file = urlLastComponent(url);
 
   const entry = await WorkEntry.create(name, kind === 'tar' ? 'directory' : 'raw', { force: options.force || downloadOnly });

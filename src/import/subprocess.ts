@@ -54,7 +54,10 @@ export function runTool(program: string, args: readonly string[], options: { std
     child.once('close', (code, signal) => {
       exited = true;
       if (code === 0) return resolve();
-      const last = err.trim().split('\n').filter(Boolean).pop();
+      // the specific complaint, not tar's closing "Error is not recoverable: exiting now"
+      const generic = /Error is not recoverable|Exiting with failure status|Child returned status/;
+      const lines = err.trim().split('\n').filter(Boolean);
+      const last = lines.filter((l) => !generic.test(l)).pop() ?? lines.pop();
       reject(new UserError(`${label} failed${signal ? ` (killed by ${signal})` : ` (exit status ${code})`}${last ? `: ${last}` : ''}`));
     });
   });
@@ -68,4 +71,15 @@ export function runTool(program: string, args: readonly string[], options: { std
     },
     stderr: () => err.trim(),
   };
+}
+
+/** Wait up to MS for P: 'ok', the Error it failed with, or 'timeout'. */
+export function settle(p: Promise<void>, ms: number): Promise<'ok' | 'timeout' | Error> {
+  return Promise.race([
+    p.then(
+      () => 'ok' as const,
+      (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
+    ),
+    new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms).unref()),
+  ]);
 }

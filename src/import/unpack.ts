@@ -8,7 +8,7 @@ import { Readable, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { UserError } from '../common/errors.js';
 import { createDecoder, detectCompression, type Compression, type Stage } from './compression.js';
-import { findProgram, runTool, type Tool } from './subprocess.js';
+import { findProgram, runTool, settle, type Tool } from './subprocess.js';
 import { TarSafetyError, TarSafetyScanner } from './tar-scanner.js';
 
 export class TransferCanceled extends UserError {
@@ -52,16 +52,6 @@ function spawnTar(dir: string): Tool {
   // Like importd: tar gets no network (it has no business there); needs root, which pulls have.
   if (process.getuid?.() === 0 && findProgram('unshare')) return runTool('unshare', ['--net', '--', 'tar', ...args], { label: 'tar' });
   return runTool('tar', args, { label: 'tar' });
-}
-
-function settle(p: Promise<void>, ms: number): Promise<'ok' | 'timeout' | Error> {
-  return Promise.race([
-    p.then(
-      () => 'ok' as const,
-      (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
-    ),
-    new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms).unref()),
-  ]);
 }
 
 function isTruncation(err: unknown): boolean {

@@ -79,7 +79,7 @@ function pullCommand(kind: ImageKind): CommandModule<object, PullArgs> {
           },
         }),
       );
-      if (result.name === null) say(argv, `Downloaded and verified ${mib(result.bytes)} (sha256 ${result.sha256}); nothing kept.`);
+      if (result.name === null) say(argv, `Downloaded${argv.verify === 'no' ? '' : ' and verified'} ${mib(result.bytes)} (sha256 ${result.sha256}); nothing kept.`);
       else say(argv, `Pulled image '${result.name}' (${mib(result.bytes)}, ${result.compression}) into ${result.path}.`);
     },
   };
