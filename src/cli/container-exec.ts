@@ -129,11 +129,14 @@ export class ExitMarkerFilter {
 
 /** The bus route: OpenMachineShell with a status-reporting wrapper around the command. */
 export async function execViaBus(machine1: Machine1, req: Omit<ExecRequest, 'leader'>): Promise<number> {
-  const wrapper = `"$@"; s=$?; printf '${MARKER_PREFIX.replace('\x1b', '\\033')}%d\\007' "$s"; exit "$s"`;
+  // After the marker the wrapper waits on its terminal instead of exiting: output still queued
+  // in the PTY can be lost when the last slave fd closes, so we close the master ourselves once
+  // the marker is in, and the hangup ends the wrapper.
+  const wrapper = `"$@"; s=$?; printf '${MARKER_PREFIX.replace('\x1b', '\\033')}%d\\007' "$s"; read -r _ 2>/dev/null; exit "$s"`;
   const args = ['/bin/sh', '-c', wrapper, 'sh', ...req.command];
   const { fd } = await machine1.openShell(req.machine, req.user, '/bin/sh', args, req.env);
   const marker = new ExitMarkerFilter();
-  await forwardPty(fd, { ignoreHangup: 'initial', filter: (c) => marker.filter(c) });
+  await forwardPty(fd, { ignoreHangup: 'initial', filter: (c) => marker.filter(c), finished: () => marker.status !== undefined });
   if (marker.status === undefined) throw new UserError(`shell in ${req.machine} ended without reporting the command's status`, { exitCode: 255 });
   return marker.status;
 }

@@ -31,6 +31,8 @@ export interface ForwardOptions {
   ignoreHangup: 'always' | 'initial';
   /** Called with every chunk from the PTY before it is written (used to spot exit markers). */
   filter?: (chunk: Buffer) => Buffer;
+  /** Checked after each chunk: true ends the session at once (we close the master). */
+  finished?: () => boolean;
 }
 
 type Libc = typeof import('../sys/libc.js');
@@ -168,6 +170,7 @@ export async function forwardPty(masterFd: number, options: ForwardOptions): Pro
       gotOutput = true;
       const out = options.filter ? options.filter(buf.subarray(0, n)) : Buffer.from(buf.subarray(0, n));
       if (out.length > 0 && !process.stdout.write(out)) await new Promise((r) => process.stdout.once('drain', r));
+      if (options.finished?.()) done = 'hangup';
     }
   } finally {
     stdin.off('data', onInput);
