@@ -91,6 +91,17 @@ test('shell: input is passed through, -E sets variables, USER@ and --uid pick th
   assert.equal(mctl(svc, ['shell', NAME, '/bin/sh', '-c', 'cat /proc/1/comm']).stdout, 'systemd\n');
 });
 
+test('shell NAME CMD on a terminal: the command gets a PTY of its own and its status comes back', async () => {
+  const s = ptySpawn([process.execPath, MCTL, 'shell', NAME, '/bin/sh', '-c', 'tty; test -t 0 && echo ON-A-TTY; exit 4'], svc.env);
+  try {
+    assert.equal(await s.exit, 4, s.output());
+    assert.match(s.output(), /\/dev\/pts\/\d+\r?\n/);
+    assert.match(s.output(), /ON-A-TTY/);
+  } finally {
+    s.kill();
+  }
+});
+
 test('copy-to and copy-from move files in and out', () => {
   const src = join(scratch, 'in.txt');
   writeFileSync(src, 'payload from the host\n');
