@@ -79,7 +79,7 @@ for (const service of ['systemd-machined', 'mctl-machined'] as const) {
       // The machine id proves which machine answered (the hostname comes from the image).
       const id = (await box.runOk(['machinectl', 'show', name, '-p', 'Id', '--value'])).trim();
       const r = await box.run(['mctl', 'shell', name, '/bin/sh', '-c', 'echo "in $(cat /etc/machine-id)"; exit 7']);
-      assert.equal(r.stdout.replace(/\r/g, '').trim(), `in ${id}`);
+      assert.equal(r.stdout.replace(/\r/g, '').trim(), `in ${id}`, `mctl shell → ${r.signal ?? r.status}, stderr: ${JSON.stringify(r.stderr)}`);
       assert.equal(r.status, 7, r.stderr);
     } finally {
       await stopNested(box, name);
