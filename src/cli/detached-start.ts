@@ -43,6 +43,16 @@ export function detachedArgs(helpText: string): { args: string[]; missing: strin
   return { args, missing };
 }
 
+const RESTART_LOOP = [
+  'n=0; t0=$(date +%s)',
+  'while :; do',
+  '  "$@"; s=$?',
+  '  [ "$s" -eq 133 ] || exit "$s"',
+  '  now=$(date +%s)',
+  '  if [ $((now - t0)) -lt 10 ]; then n=$((n + 1)); [ "$n" -ge 5 ] && exit 133; else n=0; t0=$now; fi',
+  'done',
+].join('\n');
+
 export interface DetachedStart {
   pid: number;
   log: string;
@@ -64,7 +74,9 @@ export function spawnDetached(name: string, root: string, extraEnv: NodeJS.Proce
   const log = `${LOG_DIR}/${name}.log`;
   const fd = openSync(log, 'w', 0o640);
   try {
-    const child = spawn(launcher, [...args, `--machine=${name}`, `--directory=${root}`], {
+    // A small sh loop plays systemd's part of container@.service: RestartForceExitStatus=133
+    // (the launcher's status when the guest reboots), with a start limit of 5 in 10 s.
+    const child = spawn('/bin/sh', ['-c', RESTART_LOOP, 'mctl-nspawn-restart', launcher, ...args, `--machine=${name}`, `--directory=${root}`], {
       detached: true,
       stdio: ['ignore', fd, fd],
       env: { ...process.env, ...extraEnv },

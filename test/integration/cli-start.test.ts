@@ -2,7 +2,7 @@
 // mctl-machined, boots; then shell, the bus route of shell, terminate, and a failed start.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { debianTree } from '../helpers/images.js';
 import { startService, mctl, overlayImage, makeTinyImage, ptySpawn, MCTL, type Service } from './cli-container.js';
@@ -93,12 +93,46 @@ test('-M NAME talks to the manager inside the container; set-limit on a director
   assert.match(limit.stderr, /^mctl: set-limit t-cli-s1: .*btrfs.*\n$/);
 });
 
+test('reboot: the guest reboots and comes back (the detached launcher is restarted on 133, as RestartForceExitStatus=133 does)', async () => {
+  const before = JSON.parse(mctl(svc, ['show', NAME, '-o', 'json']).stdout) as { Leader: number };
+  const r = mctl(svc, ['reboot', NAME]);
+  assert.equal(r.status, 0, r.stderr);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const now = mctl(svc, ['show', NAME, '-p', 'Leader', '--value']);
+    if (now.status === 0 && Number(now.stdout) !== before.Leader) break;
+    assert.ok(Date.now() < deadline, 'no new leader 60 s after reboot');
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  for (;;) {
+    const state = mctl(svc, ['shell', NAME, '/bin/systemctl', 'is-system-running']).stdout.trim();
+    if (state === 'running' || state === 'degraded') break;
+    assert.ok(Date.now() < deadline, `not booted again 60 s after reboot (${state})`);
+    await new Promise((res) => setTimeout(res, 200));
+  }
+});
+
 test('terminate stops it: the machine and the launcher are gone', async () => {
   const r = mctl(svc, ['terminate', NAME]);
   assert.equal(r.status, 0, r.stderr);
   const deadline = Date.now() + 20_000;
   while (listed().length > 0) {
     assert.ok(Date.now() < deadline, 'still listed 20 s after terminate');
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  // The launcher and its restart loop exit too.
+  const ours = (): string[] =>
+    readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`--machine=${NAME}\0`);
+        } catch {
+          return false;
+        }
+      });
+  while (ours().length > 0) {
+    assert.ok(Date.now() < deadline, `launcher processes left: ${ours().join(' ')}`);
     await new Promise((res) => setTimeout(res, 100));
   }
   const launchers = readFileSync('/proc/self/mountinfo', 'utf8');
