@@ -280,7 +280,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
     // Joining an existing namespace needs setns() in the runtime before the container forks; not there yet.
     throw new UserError('--network-namespace-path= is not supported by this build yet');
   }
-  const { resolveUidRange, ownershipPlan, chownTree, makeUserns, mountIdmapped, bindRoot, sweepIdmapDirs } = await import('./userns.js');
+  const { resolveUidRange, ownershipPlan, chownTree, makeUserns, mountIdmapped, bindRoot, sweepIdmapDirs, ensurePrivateMountDir } = await import('./userns.js');
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];
   const cleanup = async (): Promise<void> => {
@@ -316,6 +316,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       const ownership = ownershipPlan(input.userns?.ownership ?? (privateUsers.mode === 'pick' ? 'auto' : 'off'), input.root, range.shift);
       // The runtime enters the tree as the container's root, unprivileged on the host: give it a
       // path it can traverse (an idmapped view for map, a plain bind otherwise).
+      ensurePrivateMountDir(IDMAP_DIR);
       sweepIdmapDirs(IDMAP_DIR);
       const at = `${IDMAP_DIR}/${input.machineName}.${process.pid}`;
       let view: ReturnType<typeof bindRoot> | null = null;

@@ -7,7 +7,7 @@
 // stock nspawn and mctl never hand out the same range), and only if NSS knows no user or group
 // at its first and last ID.
 import { randomBytes } from 'node:crypto';
-import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, mkdirSync, rmdirSync, closeSync, openSync, readlinkSync, writeFileSync, constants } from 'node:fs';
+import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, mkdirSync, rmdirSync, closeSync, openSync, readlinkSync, writeFileSync, readFileSync, constants } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { spawn } from 'node:child_process';
 import { UserError } from '../common/errors.js';
@@ -278,9 +278,8 @@ export interface IdmappedRoot {
  * image on disk stays untouched. `usernsFd`: the container's /proc/PID/ns/user or makeUserns().
  */
 export function mountIdmapped(root: string, at: string, usernsFd: number): IdmappedRoot {
-  // Parents must be traversable by the container's (unprivileged on the host) root.
+  // The caller picks the parent; for container roots a private mount (ensurePrivateMountDir).
   mkdirSync(dirname(at), { recursive: true, mode: 0o755 });
-  chmodSync(dirname(at), 0o755);
   mkdirSync(at, { mode: 0o700 });
   const fd = openTree(root, OPEN_TREE.CLONE | OPEN_TREE.CLOEXEC | AT.RECURSIVE);
   try {
@@ -323,14 +322,43 @@ export function mountIdmapped(root: string, at: string, usernsFd: number): Idmap
   };
 }
 
+function isMountPoint(dir: string): boolean {
+  const esc = dir.replace(/[\\ \t\n]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === esc);
+}
+
+/**
+ * The directory holding the container roots' mount points, as a PRIVATE mount of its own.
+ * Umount propagation follows the parent mount: under a shared /run (every systemd host) our
+ * detaching of a root would propagate into the container's (slave) copy of /run and take its
+ * root away; and mounts made there would leak into every peer namespace. Parents stay
+ * traversable (0755) for the container's root, which is unprivileged on the host.
+ */
+export function ensurePrivateMountDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  chmodSync(dir, 0o755);
+  if (isMountPoint(dir)) return;
+  const lock = LockFile.acquire(`${dir}.lock`);
+  try {
+    if (!isMountPoint(dir)) {
+      mount(dir, dir, null, MS.BIND);
+      mount(null, dir, null, MS.PRIVATE);
+    }
+  } finally {
+    lock.release(false);
+  }
+}
+
 /**
  * A plain recursive bind of `root` at `at`: with chown ownership (or a fixed range) the tree may
  * sit below directories the container's root cannot traverse (mkdtemp's 0700, say), so the
  * runtime gets the same traversable path it gets for an idmapped root.
  */
 export function bindRoot(root: string, at: string): IdmappedRoot {
+  // The caller picks the parent; for container roots a private mount (ensurePrivateMountDir).
   mkdirSync(dirname(at), { recursive: true, mode: 0o755 });
-  chmodSync(dirname(at), 0o755);
   mkdirSync(at, { mode: 0o700 });
   try {
     mount(root, at, null, MS.BIND | MS.REC);
