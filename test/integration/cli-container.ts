@@ -241,7 +241,7 @@ export interface PtySession {
 
 export function ptySpawn(command: string[], env: NodeJS.ProcessEnv): PtySession {
   const quoted = command.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
-  const child = spawn('script', ['-q', '-e', '-c', quoted, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...env, TERM: 'dumb' } });
+  const child = spawn('script', ['-q', '-e', '-c', quoted, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { TERM: 'dumb', ...env } });
   let out = '';
   let from = 0;
   const waiters: (() => void)[] = [];

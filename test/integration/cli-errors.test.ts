@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdtempSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { startService, makeTinyImage, mctl, root, type Service } from './cli-container.js';
+import { startService, makeTinyImage, mctl, root, ptySpawn, MCTL, type Service } from './cli-container.js';
 
 let svc: Service;
 
@@ -187,4 +187,17 @@ test('enable/disable without systemd: the symlinks systemctl would make', () => 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('colour only on a terminal, and never with NO_COLOR', async () => {
+  const { NO_COLOR: _n, SYSTEMD_COLORS: _s, ...rest } = svc.env;
+  const env = { ...rest, TERM: 'xterm' };
+  const tty = ptySpawn([process.execPath, MCTL, 'list-images'], env);
+  assert.equal(await tty.exit, 0);
+  assert.match(tty.output(), /\x1b\[4mNAME +TYPE/, 'underlined header');
+  assert.match(tty.output(), /\x1b\[1mtiny\x1b\[0m/, 'bold name');
+  const plain = ptySpawn([process.execPath, MCTL, 'list-images'], { ...env, NO_COLOR: '1' });
+  assert.equal(await plain.exit, 0);
+  assert.doesNotMatch(plain.output(), /\x1b\[/);
+  assert.doesNotMatch(mctl({ env }, ['list-images']).stdout, /\x1b\[/, 'not on a tty: no colour');
 });
