@@ -137,9 +137,9 @@ export class Box {
       await box.start(tree, options);
       return box;
     } catch (err) {
-      const console = box.output.split('\n').slice(-40).join('\n');
+      const tail = box.output.split('\n').slice(-40).join('\n');
       await box.stop();
-      throw new Error(`box ${name} did not boot: ${(err as Error).message}\n--- nspawn output (tail) ---\n${console}`);
+      throw new Error(`box ${name} did not boot: ${(err as Error).message}\n--- nspawn output (tail) ---\n${tail}`);
     }
   }
 
@@ -162,7 +162,8 @@ export class Box {
       '--bind-ro=/usr/bin/node',
     ];
     for (const [machine, source] of Object.entries(options.machines ?? {})) {
-      const image = typeof source === 'string' ? this.mountOverlay(machine, source) : source.copy ? this.copyTree(machine, source.tree) : this.mountOverlay(machine, source.tree);
+      const { tree: lower, copy } = typeof source === 'string' ? { tree: source, copy: false } : source;
+      const image = copy ? this.copyTree(machine, lower) : this.mountOverlay(machine, lower);
       args.push(`--bind=${image}:/var/lib/machines/${machine}`);
     }
     for (const b of options.binds ?? []) {
@@ -173,7 +174,7 @@ export class Box {
     this.saveState();
     // The shell moves itself into the box's cgroups, then execs nspawn (same PID): nspawn starts in
     // them, and PDEATHSIG stops it if this test process dies without tearing down.
-    const join = this.state.cgroups.map((cg) => `echo $$ > '${cg}/cgroup.procs'`).join(' && ');
+    const enterCgroups = this.state.cgroups.map((cg) => `echo $$ > '${cg}/cgroup.procs'`).join(' && ');
     const env: NodeJS.ProcessEnv = { ...BOX_ENV };
     if (options.unifiedCgroups !== false) env.SYSTEMD_NSPAWN_UNIFIED_HIERARCHY = '1';
     // No nspawn seccomp filter on the box: a real host has none, and nspawn 252's allow-list
@@ -181,7 +182,7 @@ export class Box {
     // still get their own SystemCallFilter=; this only affects the box's outer layer.
     env.SYSTEMD_SECCOMP = '0';
     const started = Date.now();
-    const child = spawn('sh', ['-c', `${join} && exec setpriv --pdeathsig TERM -- systemd-nspawn "$@"`, 'sh', ...args], {
+    const child = spawn('sh', ['-c', `${enterCgroups} && exec setpriv --pdeathsig TERM -- systemd-nspawn "$@"`, 'sh', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env,
       detached: true, // own process group: Ctrl-C reaches this process, which tears the box down in order

@@ -50,32 +50,28 @@ test('container@.service as shipped: mctl start debian, registered under machine
   await startCheckPoweroff(held.box);
 });
 
-test(
-  'container@.service with -U (the systemd-nspawn@.service options, via a drop-in): same start/poweroff',
-  {
-    todo:
-      'mctl-nspawn -U fails wherever / and /run are shared mounts (every systemd host): "failed to create ' +
-      '/run/mctl-idmap/debian.PID/run: Permission denied" (issue #6; container@.service withholds -U until then)',
-  },
-  async () => {
-    const { box } = held;
-    const dropIn = '/etc/systemd/system/container@debian.service.d/t-box-userns.conf';
-    const execStart = (await box.runOk(['systemctl', 'show', UNIT, '-p', 'ExecStart', '--value'])).match(/argv\[\]=([^;]+);/)?.[1]?.trim();
-    assert.ok(execStart && !execStart.includes(' -U '), `ExecStart: ${execStart}`);
+test('container@.service with -U (systemd-nspawn@.service\'s options): a private UID range, same start/poweroff', async () => {
+  const { box } = held;
+  // The shipped unit withholds -U for now (see its TRACKED comment); add it back with a drop-in.
+  const dropIn = '/etc/systemd/system/container@debian.service.d/t-box-userns.conf';
+  const execStart = (await box.runOk(['systemctl', 'show', UNIT, '-p', 'ExecStart', '--value'])).match(/argv\[\]=([^;]+);/)?.[1]?.trim();
+  assert.ok(execStart, 'ExecStart of the unit');
+  if (!execStart.includes(' -U ')) {
     await box.writeFile(dropIn, `[Service]\nExecStart=\nExecStart=${execStart.replace(' --settings=', ' -U --settings=')}\n`);
     await box.runOk(['systemctl', 'daemon-reload']);
-    try {
-      await startCheckPoweroff(box, async (leader) => {
-        const [inside, outside, count] = (await box.runOk(['cat', `/proc/${leader}/uid_map`])).trim().split(/\s+/).map(Number);
-        assert.equal(inside, 0);
-        assert.ok(outside! >= 0x80000 && count === 65536, `a picked private range, got ${outside}/${count}`);
-      });
-    } finally {
-      await box.run(['rm', '-f', dropIn]);
-      await box.runOk(['systemctl', 'daemon-reload']);
-    }
-  },
-);
+  }
+  try {
+    await startCheckPoweroff(box, async (leader) => {
+      const [inside, outside, count] = (await box.runOk(['cat', `/proc/${leader}/uid_map`])).trim().split(/\s+/).map(Number);
+      assert.equal(inside, 0);
+      assert.ok(outside! >= 0x80000 && outside! % 0x10000 === 0 && count === 65536, `a picked private range, got ${outside}/${count}`);
+      assert.equal((await box.runOk(['busctl', 'call', 'org.freedesktop.machine1', '/org/freedesktop/machine1', 'org.freedesktop.machine1.Manager', 'GetMachineUIDShift', 's', 'debian'])).trim(), `u ${outside}`);
+    });
+  } finally {
+    await box.run(['rm', '-f', dropIn]);
+    await box.runOk(['systemctl', 'daemon-reload']);
+  }
+});
 
 test('mctl enable/disable link container@NAME.service into machines.target', async () => {
   const { box } = held;
