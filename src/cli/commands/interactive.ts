@@ -86,7 +86,8 @@ const shell: CommandModule<GlobalArgs, Args<ShellArgs>> = {
       }
       const props = await m1.properties(await m1.getMachine(name), MACHINE_IFACE, { machine: name });
       const leader = (props['Leader'] as Variant<number> | undefined)?.value ?? 0;
-      if (name !== '.host' && canExecDirect(leader)) {
+      // With -M the leader PID is one of the container's PID namespace, not ours: bus route only.
+      if (name !== '.host' && !s.args.machine && canExecDirect(leader)) {
         // The bus connection is not needed while the command runs.
         s.close();
         return execDirect({ machine: name, leader, user, command, env });
