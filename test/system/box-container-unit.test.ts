@@ -4,7 +4,7 @@
 // link it into machines.target.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { installMctl, parseProps, useBox, waitFor, waitSystemRunning, type Box } from '../helpers/box.js';
+import { installMctl, parseProps, useBox, useMctlMachined, useSystemdMachined, waitFor, waitSystemRunning, type Box } from '../helpers/box.js';
 import { debianTree } from '../helpers/images.js';
 
 const held = useBox({ machines: { debian: { tree: debianTree(), copy: true } } }, (box) => installMctl(box, { machined: true }));
@@ -70,6 +70,17 @@ test('container@.service with -U (systemd-nspawn@.service\'s options): a private
   } finally {
     await box.run(['rm', '-f', dropIn]);
     await box.runOk(['systemctl', 'daemon-reload']);
+  }
+});
+
+test('container@.service registers with stock systemd-machined as well', async () => {
+  const { box } = held;
+  await useSystemdMachined(box);
+  try {
+    assert.equal(parseProps(await box.runOk(['busctl', 'status', '--no-pager', 'org.freedesktop.machine1'])).Unit, 'systemd-machined.service');
+    await startCheckPoweroff(box);
+  } finally {
+    await useMctlMachined(box);
   }
 });
 
