@@ -23,6 +23,8 @@ after(async () => {
   for (let i = 0; i < 50 && mctl(svc, ['show', NAME]).status === 0; i++) await new Promise((r) => setTimeout(r, 100));
   image?.remove();
   await svc?.stop();
+  // The launcher logs are kept for users by design; the tests' own go.
+  for (const n of [NAME, 't-cli-broken']) rmSync(`/run/mctl/log/${n}.log`, { force: true });
 });
 
 function listed(): { machine: string; service: string }[] {
