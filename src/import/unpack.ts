@@ -4,7 +4,7 @@
 // has exited before it returns or throws, so nothing is still writing when that happens.
 import { statfsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { Readable, Writable, type Duplex } from 'node:stream';
+import { Writable, type Duplex, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { UserError } from '../common/errors.js';
 import { createDecoder, detectCompression, type Compression, type Stage } from './compression.js';
@@ -17,31 +17,41 @@ export class TransferCanceled extends UserError {
   }
 }
 
-/** Read at least N bytes (or all there is) and give back a stream that replays them first. */
+/**
+ * Read at least N bytes (or all there is) and put them back (unshift), so the stream is handed
+ * on untouched: no extra stage per chunk for the rest of a multi-hundred-megabyte transfer.
+ */
 export async function peek(source: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
-  const it = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const chunks: Buffer[] = [];
   let length = 0;
   while (length < n) {
-    const r = await it.next();
-    if (r.done) break;
-    chunks.push(r.value);
-    length += r.value.length;
+    const chunk = source.read() as Buffer | null;
+    if (chunk !== null) {
+      chunks.push(chunk);
+      length += chunk.length;
+      continue;
+    }
+    if (source.readableEnded || source.destroyed) break;
+    await new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        source.off('readable', done);
+        source.off('end', done);
+        source.off('error', fail);
+        resolve();
+      };
+      const fail = (err: Error): void => {
+        source.off('readable', done);
+        source.off('end', done);
+        reject(err);
+      };
+      source.once('readable', done);
+      source.once('end', done);
+      source.once('error', fail);
+    });
   }
   const head = Buffer.concat(chunks);
-  async function* replay(): AsyncGenerator<Buffer> {
-    try {
-      if (head.length) yield head;
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return;
-        yield r.value;
-      }
-    } finally {
-      await it.return?.();
-    }
-  }
-  return { head, stream: Readable.from(replay(), { objectMode: false, highWaterMark: 1 << 20 }) };
+  if (head.length > 0) source.unshift(head);
+  return { head, stream: source };
 }
 
 /** Arguments GNU tar gets: keep everything an OS tree needs, as importd does (plus ACLs). */
