@@ -237,6 +237,8 @@ async function withContainerBus<T>(m: Machine, fn: (bus: dbus.MessageBus) => Pro
   const bus = connectBus(address);
   bus.on('error', () => undefined);
   try {
+    // Finish the handshake before the real call: dbus-next's pre-connect queue is unreliable.
+    await call(bus, { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'GetId', timeoutMs: 10_000 });
     return await fn(bus);
   } finally {
     bus.disconnect();
@@ -291,7 +293,8 @@ export async function openShell(m: Machine, req: ShellRequest): Promise<Pty> {
     const V = dbus.Variant;
     // systemd-machined passes the PTY slave as Standard*FileDescriptor. We let the service
     // open TTYPath itself (StandardInput=tty): same terminal, no fd crosses into the
-    // container, and it sidesteps a dbus-next bug that corrupts some fd-carrying messages.
+    // container, and no fd-carrying message on a fresh connection (dbus-next can lose those
+    // when they are queued before its handshake has finished).
     const props: Array<[string, InstanceType<typeof V>]> = [
       ['Description', new V('s', `Shell for User ${user}`)],
       ['StandardInput', new V('s', 'tty')],
