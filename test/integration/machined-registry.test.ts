@@ -186,6 +186,19 @@ describe('mctl-machined registry', () => {
     assert.match(await introspect('/org/freedesktop/machine1/machine'), /<node name="t_2dmd_2done"\/>/);
   });
 
+  it('…/machine/self and GetMachineByPID(0) resolve to the caller\'s own machine', async () => {
+    const scope = 'machine.slice/machine-t\\x2dmd\\x2done.scope';
+    const enter = ['unified', 'systemd'].map((h) => `echo $$ > '/sys/fs/cgroup/${h}/${scope}/cgroup.procs'`).join('; ');
+    const inside = (cmd: string): string => execFileSync('sh', ['-c', `${enter}; exec ${cmd}`], { env: env.env, encoding: 'utf8' }).trim();
+    assert.equal(inside('busctl --system get-property org.freedesktop.machine1 /org/freedesktop/machine1/machine/self org.freedesktop.machine1.Machine Name'), 's "t-md-one"');
+    assert.equal(inside('busctl --system call org.freedesktop.machine1 /org/freedesktop/machine1 org.freedesktop.machine1.Manager GetMachineByPID u 0'), 'o "/org/freedesktop/machine1/machine/t_2dmd_2done"');
+    // From outside any machine there is no "self".
+    await expectDBusError(
+      call(env.client, { destination: MANAGER.destination, path: '/org/freedesktop/machine1/machine/self', interface: 'org.freedesktop.DBus.Properties', member: 'Get', signature: 'ss', body: ['org.freedesktop.machine1.Machine', 'Name'] }),
+      'org.freedesktop.DBus.Error.UnknownObject',
+    );
+  });
+
   it('stock busctl talks to it', () => {
     const out = execFileSync('busctl', ['--system', 'call', 'org.freedesktop.machine1', '/org/freedesktop/machine1', 'org.freedesktop.machine1.Manager', 'GetMachine', 's', 't-md-one'], { env: env.env, encoding: 'utf8' });
     assert.equal(out.trim(), 'o "/org/freedesktop/machine1/machine/t_2dmd_2done"');
