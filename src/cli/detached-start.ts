@@ -11,11 +11,10 @@ import { containerEnv } from './container-exec.js';
 export const STOCK_NSPAWN_ARGS = ['--quiet', '--keep-unit', '--boot', '--link-journal=try-guest', '--network-veth', '-U', '--settings=override'] as const;
 
 /**
- * Stock options container@.service leaves out for now, each with a TRACKED comment in the unit:
- * -U (private user namespace) makes mctl-nspawn fail under systemd (EPERM on the image's
- * /dev/console, EACCES creating its idmap directory) — issue #6.
+ * Stock options container@.service leaves out, each with a "TRACKED, NOT DROPPED" comment in
+ * the unit (none at the moment; a unit test keeps this list and the unit in agreement).
  */
-export const WITHHELD_NSPAWN_ARGS: readonly string[] = ['-U'];
+export const WITHHELD_NSPAWN_ARGS: readonly string[] = [];
 
 /** The launcher options of units/container@.service, in the same order (a unit test keeps them in sync). */
 export const UNIT_NSPAWN_ARGS: readonly string[] = STOCK_NSPAWN_ARGS.filter((a) => !WITHHELD_NSPAWN_ARGS.includes(a));
@@ -69,7 +68,13 @@ export function spawnDetached(name: string, root: string, extraEnv: NodeJS.Proce
   // Without systemd there is no unit file to edit; MCTL_NSPAWN_OPTIONS replaces the unit's options.
   const override = process.env['MCTL_NSPAWN_OPTIONS'];
   const { args, missing } = override !== undefined ? { args: override.split(/\s+/).filter(Boolean), missing: [] } : detachedArgs(help.stdout);
-  if (override === undefined) missing.push(...WITHHELD_NSPAWN_ARGS);
+  // A private user namespace needs a cgroup the launcher can hand to it: cgroup2 delegation.
+  // On a legacy/hybrid host (no systemd, as here) the guest's systemd cannot create its
+  // cgroups inside one, so -U is dropped there, and said so.
+  if (override === undefined && !existsSync('/sys/fs/cgroup/cgroup.controllers') && args.includes('-U')) {
+    args.splice(args.indexOf('-U'), 1);
+    missing.push('-U');
+  }
   mkdirSync(LOG_DIR, { recursive: true });
   const log = `${LOG_DIR}/${name}.log`;
   const fd = openSync(log, 'w', 0o640);

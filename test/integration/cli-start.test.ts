@@ -35,7 +35,8 @@ test('start runs mctl-nspawn detached, says so, and returns once the container h
   const r = mctl(svc, ['start', NAME], { timeoutMs: 150_000 });
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stderr, new RegExp(`^No systemd on this host: started mctl-nspawn detached for '${NAME}' \\(PID \\d+, log /run/mctl/log/${NAME}\\.log\\)\\.$`, 'm'));
-  assert.match(r.stderr, /^Note: started without -U \(not usable with mctl-nspawn yet/m);
+  // This dev host has a hybrid cgroup layout: no delegated cgroup2 tree for a user namespace.
+  if (!existsSync('/sys/fs/cgroup/cgroup.controllers')) assert.match(r.stderr, /^Note: started without -U \(a user namespace needs a delegated cgroup2 tree/m);
   assert.deepEqual(listed().map((m) => [m.machine, m.service]), [[NAME, 'mctl-nspawn']]);
   // Booted: the container's systemd says so, and the getty is up.
   const state = mctl(svc, ['shell', NAME, '/bin/systemctl', 'is-system-running']);

@@ -46,7 +46,10 @@ async function startDetached(s: Session, m1: Machine1, name: string, imagePath: 
   if (!root) throw new UserError(`image '${name}' has no path`);
   const started = spawnDetached(name, root);
   s.info(`No systemd on this host: started mctl-nspawn detached for '${name}' (PID ${started.pid}, log ${started.log}).`);
-  if (started.missing.length) s.info(`Note: started without ${started.missing.join(' ')} (not usable with mctl-nspawn yet, see units/container@.service).`);
+  if (started.missing.length) {
+    const why = started.missing.includes('-U') ? 'a user namespace needs a delegated cgroup2 tree, and this host has a legacy/hybrid cgroup layout' : 'the launcher does not support them yet';
+    s.info(`Note: started without ${started.missing.join(' ')} (${why}).`);
+  }
   const deadline = Date.now() + REGISTER_TIMEOUT_MS;
   let leader: number | undefined;
   while (leader === undefined) {
