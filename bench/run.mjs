@@ -7,7 +7,7 @@ import { join, dirname } from 'node:path';
 const dir = dirname(fileURLToPath(import.meta.url));
 const wanted = process.argv.slice(2);
 const files = readdirSync(dir)
-  .filter((f) => f.endsWith('.mjs') && !['lib.mjs', 'run.mjs'].includes(f))
+  .filter((f) => f.endsWith('.mjs') && !['lib.mjs', 'run.mjs', 'nspawn-common.mjs'].includes(f))
   .filter((f) => wanted.length === 0 || wanted.some((w) => f.startsWith(w)))
   .sort();
 const results = [];
