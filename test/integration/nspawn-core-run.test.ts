@@ -55,6 +55,15 @@ function baseSpec(argv: string[], overrides: Partial<ContainerSpec> = {}): Conta
   };
 }
 
+/** A process that still runs (a zombie waiting for this sandbox's slow init to reap it does not). */
+function alive(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 /** What a failed or finished start must not leave: mounts and our cgroups. */
 function hostState(): string {
   // only mounts that could be ours: other helpers' tests mount and unmount concurrently
@@ -198,8 +207,8 @@ test('afterNamespaces hooks get the leader PID before the payload runs; a failin
     const pid = Number(readFileSync(file, 'utf8'));
     // the waiting child was killed with the launcher's failure
     const deadline = Date.now() + 3000;
-    while (existsSync(`/proc/${pid}`) && readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z' && Date.now() < deadline) spawnSync('sleep', ['0.05']);
-    assert.ok(!existsSync(`/proc/${pid}`) || readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] === 'Z');
+    while (alive(pid) && Date.now() < deadline) spawnSync('sleep', ['0.05']);
+    assert.ok(!alive(pid));
     assert.equal(hostState(), before);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -298,8 +307,8 @@ test('SIGKILL of the launcher takes the container down with it and leaves no mou
   child.kill('SIGKILL');
   await new Promise((r) => child.on('exit', r));
   const gone = Date.now() + 5000;
-  while (existsSync(`/proc/${leader}`) && Date.now() < gone) await new Promise((r) => setTimeout(r, 20));
-  assert.ok(!existsSync(`/proc/${leader}`), 'the container died with its supervisor');
+  while (alive(leader) && Date.now() < gone) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(!alive(leader), 'the container died with its supervisor');
   assert.equal(hostState().split('\n--\n')[0], before);
 });
 
@@ -386,6 +395,38 @@ test('mount operations apply in order inside the root: bind ro/rw, tmpfs, overla
     assert.equal(readFileSync(`${dir}/upper/n`, 'utf8'), 'new\n', 'overlay writes land in the upper dir');
     assert.ok(existsSync(`${dir}/src/x`), 'the rw bind writes through');
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('with a user namespace too, a SIGKILLed supervisor takes the container down (no orphan)', async () => {
+  const spec = baseSpec(['/bin/sleep', '100'], {
+    rootLayer: 'overlay',
+    readOnlyRoot: false,
+    machineName: 't-nsc-ukill',
+    hostname: 't-nsc-ukill',
+    namespaces: { privateNetwork: true, userNamespace: { uidShift: 0x6f020000, uidRange: 65536 } },
+  });
+  const dir = mkdtempSync('/tmp/mctl-nsc-ukill-');
+  const child = spawn(process.execPath, ['--import', 'tsx', DRIVER, JSON.stringify(spec)], { stdio: 'ignore', env: { ...process.env, MCTL_TEST_HOOK_FILE: `${dir}/pid` } });
+  const exited = new Promise((r) => child.on('exit', r));
+  let pid = 0;
+  try {
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      if (!existsSync(`${dir}/pid`)) continue;
+      pid = Number(readFileSync(`${dir}/pid`, 'utf8'));
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep') break;
+    }
+    assert.equal(readFileSync(`/proc/${pid}/comm`, 'utf8').trim(), 'sleep');
+    child.kill('SIGKILL');
+    await exited;
+    const gone = Date.now() + 5000;
+    while (alive(pid) && Date.now() < gone) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(!alive(pid), 'the container died with its supervisor');
+  } finally {
+    if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -637,6 +637,9 @@ void child_main(const struct config *c, int sock)
 	/* with a user namespace our ids are still the host's (unmapped) until we take the mapped root */
 	if (c->userns && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0))
 		fail("failed to become root in the user namespace: %s", strerror(errno));
+	/* any credential change clears the parent-death signal: arm it again, or a SIGKILLed
+	 * supervisor would leave the container running as an orphan */
+	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	if (c->hostname && *c->hostname && sethostname(c->hostname, strlen(c->hostname)) < 0)
 		fail("failed to set the hostname: %s", strerror(errno));
 
@@ -721,6 +724,7 @@ void child_main(const struct config *c, int sock)
 		fail("failed to install the seccomp filter: %s", strerror(errno));
 	set_process_caps(c->caps_keep, c->caps_keep);
 	switch_user(c);
+	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* cleared again by a change of user */
 	if (c->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail("PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
 	exec_payload(c);
