@@ -160,6 +160,25 @@ test('--as-pid2 runs the payload as PID 2 under a stub init and keeps its exit s
   assert.match(r.stdout, /^init=\(sd-stubinit\)$/m);
 });
 
+test('--as-pid2: SIGTERM to the launcher reaches the payload through the stub init', async () => {
+  // the stub init waits in sigwaitinfo(); the supervisor must still see it as taking the signal
+  const child = spawn(BIN, ['-q', '--register=no', '--console=pipe', '--read-only', '--kill-signal=SIGTERM', '-a', '-D', tree, '/bin/sh', '-c', 'echo up; while :; do sleep 0.1; done'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.once('data', () => resolve());
+      child.once('exit', () => reject(new Error('the container ended before it was up')));
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 10_000))]);
+    assert.equal(code, 128 + 15, 'the payload dies of SIGTERM and the launcher reports 143');
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+});
+
 test('a bad root gives one line and exit 1, and leaves nothing behind', () => {
   const before = hostState();
   const r = nspawn(['-D', '/nonexistent/t-nsc', '/bin/true']);
