@@ -11,6 +11,7 @@ import { isValidZoneName } from '../net/names.js';
 import { parsePortForward, assertNoDuplicatePorts, type PortForward } from '../net/ports.js';
 import type { VethExtra, MachineNetwork } from '../net/machine.js';
 import { parsePrivateUsers, parseOwnership, type PrivateUsers, type Ownership } from './userns.js';
+import type { NetworkSettings as FileNetworkKeys } from './settings.js';
 
 /** Network settings as given (undefined = not given, for the .nspawn merge: nspawn treats them as one group). */
 export interface NetworkSettings {
@@ -376,19 +377,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
 }
 
 /** [Network] keys of a .nspawn file (as settings.ts keeps them) in the command line's terms. */
-export interface NetworkFileKeys {
-  private?: boolean;
-  virtualEthernet?: boolean;
-  virtualEthernetExtra?: string[];
-  interface?: string[];
-  macvlan?: string[];
-  ipvlan?: string[];
-  bridge?: string;
-  zone?: string;
-  port?: string[];
-}
-
-export function networkFromFile(k: NetworkFileKeys): NetworkSettings | undefined {
+export function networkFromFile(k: FileNetworkKeys): NetworkSettings | undefined {
   if (Object.keys(k).length === 0) return undefined;
   const n: NetworkSettings = {};
   if (k.private !== undefined) n.privateNetwork = k.private;
