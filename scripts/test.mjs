@@ -57,7 +57,9 @@ for (const tier of tiers) {
   // Integration and system tests share machine-wide resources (images, the box): run files one
   // at a time there; unit tests run concurrently.
   const concurrency = tier === 'unit' ? [] : ['--test-concurrency=1'];
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...concurrency, ...list], {
+  // A hung test must fail the run, not hold CI until its deadline.
+  const timeout = ['--test-timeout=300000'];
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...concurrency, ...timeout, ...list], {
     cwd: root,
     stdio: 'inherit',
     env: { ...process.env, MCTL_TEST_TIER: tier },
