@@ -11,6 +11,7 @@ import { MANAGER_INTERFACE, UNPRIVILEGED_METHODS } from './interfaces.js';
 import { IMAGE_PATH_PREFIX, MACHINE_PATH_PREFIX, MANAGER_PATH, machinePath, type Machine } from './machine.js';
 import { machineInterface, machineOperations } from './machine-dbus.js';
 import { managerInterface } from './manager-dbus.js';
+import { collectMachineNetwork } from './net-cleanup.js';
 import { Registry } from './registry.js';
 import type { ScopeBackend } from './scope/backend.js';
 import { CgroupfsBackend } from './scope/cgroupfs.js';
@@ -67,7 +68,10 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   store.ensureDir();
   registry = new Registry(backend, store, {
     machineNew: (m) => dispatcher?.emitSignal(MANAGER_PATH, MANAGER_INTERFACE.name, 'MachineNew', 'so', [m.name, machinePath(m.name)]),
-    machineRemoved: (m) => dispatcher?.emitSignal(MANAGER_PATH, MANAGER_INTERFACE.name, 'MachineRemoved', 'so', [m.name, machinePath(m.name)]),
+    machineRemoved: (m) => {
+      dispatcher?.emitSignal(MANAGER_PATH, MANAGER_INTERFACE.name, 'MachineRemoved', 'so', [m.name, machinePath(m.name)]);
+      void collectMachineNetwork(m.name, options.log);
+    },
     log: options.log,
   });
   const ctx: MachinedContext = { registry, creds };
@@ -111,6 +115,8 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   registry.addHost();
   const { restored, collected } = await registry.loadState();
   if (restored.length || collected.length) options.log(`Restored ${restored.length} machine(s), collected ${collected.length} dead one(s).`);
+  // Machines that died while the service was down may have left their network behind.
+  for (const name of collected) void collectMachineNetwork(name, options.log);
   const swept = await backend.sweepOrphans(registry.ownedUnits());
   if (swept.length) options.log(`Removed ${swept.length} orphaned scope(s): ${swept.join(' ')}`);
   dispatcher.start();
