@@ -32,13 +32,15 @@ let env: Env | undefined;
 
 after(async () => {
   for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-  for (const pid of watcherPids()) killQuietly(pid);
+  for (const machine of [name, `${name}-r`]) for (const pid of watcherPids(machine)) killQuietly(pid);
   await env?.close();
-  await collect(name, cfg).catch(() => undefined);
+  for (const machine of [name, `${name}-r`]) await collect(machine, cfg).catch(() => undefined);
   run(['nft', 'delete', 'table', 'inet', cfg.table]);
   rmSync(netDir, { recursive: true, force: true });
-  const scope = `machine-${name.replace(/-/g, '\\x2d')}.scope`;
-  for (const dir of CGROUP_DIRS) if (existsSync(join(dir, scope))) run(['rmdir', join(dir, scope)]);
+  for (const machine of [name, `${name}-r`]) {
+    const scope = `machine-${machine.replace(/-/g, '\\x2d')}.scope`;
+    for (const dir of CGROUP_DIRS) if (existsSync(join(dir, scope))) run(['rmdir', join(dir, scope)]);
+  }
 });
 
 function killQuietly(pid: number): void {
@@ -50,8 +52,8 @@ function killQuietly(pid: number): void {
 }
 
 /** The launcher's watcher: `sh -c 'flock -x LOCK true; exec collector'` and its flock(1) child. */
-function watcherPids(): number[] {
-  const lock = machineLockPath(name, cfg);
+function watcherPids(machine: string): number[] {
+  const lock = machineLockPath(machine, cfg);
   const pids: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -75,40 +77,63 @@ function nftTable(): { status: number | null; text: string } {
   return { status: res.status, text: res.stdout };
 }
 
-test('launcher and watcher SIGKILLed: mctl-machined collects links, nft rules and state', async () => {
-  debianTree();
-  env = await setup({ extraEnv: netEnv });
-  const signals = await recordSignals(env.client);
-  const ct = spawn(nspawn, ['-q', '--register=yes', '--read-only', '--console=pipe', '-D', debianTree(), '-M', name, '--network-veth', '-p', `tcp:${hostPort}:80`, '/bin/sleep', '120'], {
-    env: { ...process.env, ...env.env, ...netEnv },
+/** Start a registered veth container with a port forward; resolves once it and its watcher run. */
+async function startContainer(e: Env, machine: string, port: number, signals: Array<{ member: string; name: string }>): Promise<{ ct: ChildProcess; hostIf: string }> {
+  const ct = spawn(nspawn, ['-q', '--register=yes', '--read-only', '--console=pipe', '-D', debianTree(), '-M', machine, '--network-veth', '-p', `tcp:${port}:80`, '/bin/sleep', '120'], {
+    env: { ...process.env, ...e.env, ...netEnv },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   procs.push(ct);
   let ctErr = '';
   ct.stderr?.on('data', (d: Buffer) => (ctErr += d.toString()));
-
-  await waitFor(() => signals.some((s) => s.member === 'MachineNew' && s.name === name) || ct.exitCode !== null, 15_000, 'the machine to register');
+  await waitFor(() => signals.some((s) => s.member === 'MachineNew' && s.name === machine) || ct.exitCode !== null, 15_000, 'the machine to register');
   assert.equal(ct.exitCode, null, `launcher exited early: ${ctErr}`);
-  await waitFor(() => watcherPids().length >= 2, 5000, 'the launcher to start its watcher');
-  const state = readMachineNetState(name, cfg);
+  await waitFor(() => watcherPids(machine).length >= 2, 5000, 'the launcher to start its watcher');
+  const state = readMachineNetState(machine, cfg);
   assert.ok(state?.hostIf && state.ipv4, 'the launcher recorded its network');
-  const hostIf = state.hostIf;
-  assert.ok(linkNames().includes(hostIf), `${hostIf} exists while the machine runs`);
-  assert.match(nftTable().text, new RegExp(`dport ${hostPort} .*mctl:${name}`), 'the port forward is in our table');
+  assert.ok(linkNames().includes(state.hostIf), `${state.hostIf} exists while the machine runs`);
+  assert.match(nftTable().text, new RegExp(`dport ${port} .*mctl:${machine}`), 'the port forward is in our table');
+  return { ct, hostIf: state.hostIf };
+}
 
-  // Only the service may clean up now: first the watcher (else it would collect), then the launcher.
-  for (const pid of watcherPids()) killQuietly(pid);
-  await waitFor(() => watcherPids().length === 0, 2000, 'the watcher to die');
+/** Only the service may clean up now: first the watcher (else it would collect), then the launcher. */
+async function killLauncherAndWatcher(machine: string, ct: ChildProcess): Promise<void> {
+  for (const pid of watcherPids(machine)) killQuietly(pid);
+  await waitFor(() => watcherPids(machine).length === 0, 2000, 'the watcher to die');
   ct.kill('SIGKILL');
   await new Promise((res) => (ct.exitCode !== null || ct.signalCode !== null ? res(null) : ct.once('exit', res)));
+}
 
-  await waitFor(() => signals.some((s) => s.member === 'MachineRemoved' && s.name === name), 10_000, 'MachineRemoved');
-  await waitFor(() => readMachineNetState(name, cfg) === null, 10_000, 'the service to collect the network');
+/** What `ip link`, our nft table and the state directory still show of the machine. */
+async function assertNothingLeft(e: Env, machine: string, hostIf: string): Promise<void> {
+  // The service logs this once collect() has finished (state, lock, links, rules, table).
+  await waitFor(() => e.machined.stderr().includes(`Removed the network of machine ${machine}.`), 10_000, 'the service to collect the network');
   assert.ok(!linkNames().includes(hostIf), `ip link: ${hostIf} is gone`);
   const table = nftTable();
   assert.notEqual(table.status, 0, `nft list table inet ${cfg.table} fails (table deleted): ${table.text}`);
-  const left = existsSync(join(netDir, 'machines')) ? readdirSync(join(netDir, 'machines')).filter((f) => f.startsWith(name)) : [];
+  const left = existsSync(join(netDir, 'machines')) ? readdirSync(join(netDir, 'machines')).filter((f) => f.startsWith(`${machine}.`)) : [];
   assert.deepEqual(left, [], 'no state or lock file of the machine');
-  await waitFor(() => env!.machined.stderr().includes(`Removed the network of machine ${name}.`), 2000, 'the service to log the collection');
-  assert.equal(await collect(name, cfg), 'absent');
+  assert.equal(await collect(machine, cfg), 'absent');
+}
+
+test('launcher and watcher SIGKILLed: mctl-machined collects links, nft rules and state', async () => {
+  debianTree();
+  env = await setup({ extraEnv: netEnv });
+  const signals = await recordSignals(env.client);
+  const { ct, hostIf } = await startContainer(env, name, hostPort, signals);
+  await killLauncherAndWatcher(name, ct);
+  await waitFor(() => signals.some((s) => s.member === 'MachineRemoved' && s.name === name), 10_000, 'MachineRemoved');
+  await assertNothingLeft(env, name, hostIf);
+});
+
+test('the machine died while the service was down: the restarted service collects its network', async () => {
+  assert.ok(env, 'the first test set up the service');
+  const machine = `${name}-r`;
+  const signals = await recordSignals(env.client);
+  const { ct, hostIf } = await startContainer(env, machine, hostPort + 1, signals);
+  await env.machined.kill9();
+  await killLauncherAndWatcher(machine, ct);
+  assert.ok(readMachineNetState(machine, cfg), 'nobody has collected yet');
+  env.machined = await env.startMachined();
+  await assertNothingLeft(env, machine, hostIf);
 });
