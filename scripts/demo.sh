@@ -30,7 +30,13 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$leader" ] || { echo "demo: the container did not start" >&2; exit 1; }
-state=$(timeout 60 nsenter -t "$leader" -a -- systemctl is-system-running --wait || true)
+# PID 1 creates its control socket a moment after it starts: ask until it answers
+state=unknown
+for _ in $(seq 1 300); do
+  state=$(nsenter -t "$leader" -a -- systemctl is-system-running 2>/dev/null || true)
+  case "$state" in running|degraded|maintenance|stopping) break ;; esac
+  sleep 0.2
+done
 echo "demo: $name is $state (leader PID $leader)"
 nsenter -t "$leader" -a -- sh -c '. /etc/os-release; echo "demo: inside: $PRETTY_NAME, hostname $(hostname), $(systemctl list-units --type=service --state=running --no-legend | wc -l) services running"'
 echo "demo: powering off"
