@@ -289,17 +289,25 @@ export async function openShell(m: Machine, req: ShellRequest): Promise<Pty> {
     if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(e)) throw new BusError(ERR.InvalidArgs, 'Invalid environment assignment');
   }
   const pty = openPty(m);
+  let slave = -1;
   try {
+    // Like systemd-machined: the service gets an fd of the PTY slave that we hold open until its
+    // start job is queued. With only TTYPath=, nothing held the slave between systemd's TTYReset
+    // open/close and the service's own open, so the client's master read EIO in that gap,
+    // machinectl ended the session and the service then failed with ENOENT (output lost).
+    slave = withRoot(m, (rootFd) => {
+      try {
+        return openIn(rootFd, pty.path, O.RDWR | O.NOCTTY);
+      } catch (err) {
+        throw mapSysError(err, `Failed to open PTY slave ${pty.path} in machine ${m.name}`);
+      }
+    });
     const V = dbus.Variant;
-    // systemd-machined passes the PTY slave as Standard*FileDescriptor. We let the service
-    // open TTYPath itself (StandardInput=tty): same terminal, no fd crosses into the
-    // container, and no fd-carrying message on a fresh connection (dbus-next can lose those
-    // when they are queued before its handshake has finished).
     const props: Array<[string, InstanceType<typeof V>]> = [
       ['Description', new V('s', `Shell for User ${user}`)],
-      ['StandardInput', new V('s', 'tty')],
-      ['StandardOutput', new V('s', 'tty')],
-      ['StandardError', new V('s', 'tty')],
+      ['StandardInputFileDescriptor', new V('h', slave)],
+      ['StandardOutputFileDescriptor', new V('h', slave)],
+      ['StandardErrorFileDescriptor', new V('h', slave)],
       ['SendSIGHUP', new V('b', true)],
       ['IgnoreSIGPIPE', new V('b', false)],
       ['KillMode', new V('s', 'mixed')],
@@ -313,6 +321,8 @@ export async function openShell(m: Machine, req: ShellRequest): Promise<Pty> {
       ['Environment', new V('as', req.environment)],
       ['ExecStart', new V('a(sasb)', [[path, args, true]])],
     ];
+    // withContainerBus finishes the handshake first: dbus-next can lose fd-carrying messages
+    // queued before it, not seen once connected (0 in 240, docs/machined.md).
     await withContainerBus(m, (bus) =>
       call(bus, { ...SYSTEMD, member: 'StartTransientUnit', signature: 'ssa(sv)a(sa(sv))', body: [`container-shell@${pty.number}.service`, 'fail', props, []], timeoutMs: 15_000 }),
     );
@@ -320,6 +330,9 @@ export async function openShell(m: Machine, req: ShellRequest): Promise<Pty> {
   } catch (err) {
     closeSync(pty.fd);
     throw err;
+  } finally {
+    // systemd holds its own copy once the call returned (the reply comes after it was received).
+    if (slave >= 0) closeSync(slave);
   }
 }
 
