@@ -134,6 +134,17 @@ test('stock machinectl shell runs a command in it (on a terminal)', async () => 
   } finally {
     await term.close();
   }
+  // Without a command: root's login shell, interactive on the same kind of terminal.
+  const interactive = new Terminal(box, `machinectl shell ${X}`);
+  try {
+    await interactive.expect(/# $/m);
+    interactive.type('echo in-shell-$((6*7)) $(id -un); exit\r');
+    await interactive.expect(/in-shell-42 root/);
+    await interactive.expect(/Connection to machine .* terminated/);
+    assert.equal(await interactive.exited, 0, interactive.output);
+  } finally {
+    await interactive.close();
+  }
 });
 
 test('stock machinectl login reaches the getty prompt, logs in, and ^]^]^] leaves', async () => {
