@@ -272,6 +272,28 @@ export interface IdmappedRoot {
   release(removeDir?: boolean): void;
 }
 
+/** The handle for a view mounted at `at` (idmapped or a plain bind). */
+function rootView(at: string): IdmappedRoot {
+  return {
+    path: at,
+    release: (removeDir = true) => {
+      try {
+        umount2(at, MNT.DETACH);
+      } catch {
+        /* already gone */
+      }
+      // rmdir of a mount point also detaches the mounts on it in OTHER namespaces (the
+      // container's root!), so while a container uses it the empty directory has to stay.
+      if (!removeDir) return;
+      try {
+        rmdirSync(at);
+      } catch {
+        /* busy or gone */
+      }
+    },
+  };
+}
+
 /**
  * Mount an idmapped view of `root` (recursively) at `at`, mapping host ids 0..range-1 of the
  * files to shift..shift+range-1, so the container's root sees the image's own owners while the
@@ -302,24 +324,7 @@ export function mountIdmapped(root: string, at: string, usernsFd: number): Idmap
   } finally {
     closeSync(fd);
   }
-  return {
-    path: at,
-    release: (removeDir = true) => {
-      try {
-        umount2(at, MNT.DETACH);
-      } catch {
-        /* already gone */
-      }
-      // rmdir of a mount point also detaches the mounts on it in OTHER namespaces (the
-      // container's root!), so while a container uses it the empty directory has to stay.
-      if (!removeDir) return;
-      try {
-        rmdirSync(at);
-      } catch {
-        /* busy or gone */
-      }
-    },
-  };
+  return rootView(at);
 }
 
 function isMountPoint(dir: string): boolean {
@@ -372,22 +377,7 @@ export function bindRoot(root: string, at: string): IdmappedRoot {
     rmdirSync(at);
     throw err;
   }
-  return {
-    path: at,
-    release: (removeDir = true) => {
-      try {
-        umount2(at, MNT.DETACH);
-      } catch {
-        /* already gone */
-      }
-      if (!removeDir) return;
-      try {
-        rmdirSync(at);
-      } catch {
-        /* busy or gone */
-      }
-    },
-  };
+  return rootView(at);
 }
 
 /** Remove the empty mount-point directories left by containers that are gone (named NAME.PID). */

@@ -12,25 +12,29 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-void die(const char *fmt, ...)
+/* One formatted line on stderr, in one write so concurrent writers do not interleave. */
+static void say(const char *fmt, va_list ap)
 {
 	char buf[1024];
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	dprintf(2, "mctl-nspawn: %s\n", buf);
+}
+
+void die(const char *fmt, ...)
+{
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
+	say(fmt, ap);
 	va_end(ap);
-	dprintf(2, "mctl-nspawn: %s\n", buf);
 	_exit(1);
 }
 
 void warnx_(const char *fmt, ...)
 {
-	char buf[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
+	say(fmt, ap);
 	va_end(ap);
-	dprintf(2, "mctl-nspawn: %s\n", buf);
 }
 
 int write_file(const char *path, const char *content)
