@@ -46,6 +46,11 @@ test('default registration: stock machinectl lists the machine, its scope is in 
     const scope = parseProps(await box.runOk(['systemctl', 'show', props.Unit!, '-p', 'Slice', '-p', 'DevicePolicy', '-p', 'KillSignal', '-p', 'KillMode']));
     assert.deepEqual(scope, { Slice: 'machine.slice', DevicePolicy: 'closed', KillSignal: '37', KillMode: 'control-group' });
     // terminate → systemd sends the kill signal (SIGRTMIN+3 = halt) to PID 1: a clean poweroff.
+    // Let the units that finish right after "running" (utmp-runlevel, …) remove their cgroups
+    // first: systemd 252's control-group kill gives up with ENODEV when a cgroup of the
+    // delegated subtree vanishes under its walk, and SIGKILLs everything (seen once in CI under
+    // load; tracked in the #3 notes as a reason to answer Scope.RequestStop ourselves).
+    await new Promise((r) => setTimeout(r, 2000));
     await box.runOk(['machinectl', 'terminate', name]);
     await waitFor(async () => (await box.run(['systemctl', 'is-active', `${name}-launcher.service`])).stdout.trim() !== 'active', 30_000, 'launcher stopped');
     const result = parseProps(await box.runOk(['systemctl', 'show', `${name}-launcher.service`, '-p', 'ExecMainStatus', '-p', 'Result']));
