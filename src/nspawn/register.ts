@@ -234,11 +234,21 @@ export class Registration {
       const dbus = (await import('dbus-next')).default;
       const variants = (props: PropertyValue[]) => props.map(([n, sig, v]) => [n, new dbus.Variant(sig, v)]);
       if (plan === 'register-machine') {
-        await call(bus, {
-          destination: 'org.freedesktop.machine1', path: '/org/freedesktop/machine1', interface: 'org.freedesktop.machine1.Manager',
-          member: 'RegisterMachineWithNetwork', signature: 'sayssusai',
-          body: [req.machineName, idBytes(req.uuid), SERVICE_NAME, 'container', req.leaderPid, req.rootDirectory, req.netifIndices],
-        });
+        const register = () =>
+          call(bus, {
+            destination: 'org.freedesktop.machine1', path: '/org/freedesktop/machine1', interface: 'org.freedesktop.machine1.Manager',
+            member: 'RegisterMachineWithNetwork', signature: 'sayssusai',
+            body: [req.machineName, idBytes(req.uuid), SERVICE_NAME, 'container', req.leaderPid, req.rootDirectory, req.netifIndices],
+          });
+        try {
+          await register();
+        } catch (err) {
+          // Under --keep-unit the unit outlives a reboot (exit 133 → restart): the supervisor
+          // cannot unregister, so the previous run's registration is still there. Drop it when
+          // its leader is gone, then register again.
+          if ((err as { type?: string }).type !== 'org.freedesktop.machine1.MachineExists' || !(await this.dropStaleMachine(req.machineName))) throw err;
+          await register();
+        }
       } else {
         await call(bus, {
           destination: 'org.freedesktop.machine1', path: '/org/freedesktop/machine1', interface: 'org.freedesktop.machine1.Manager',
@@ -253,6 +263,22 @@ export class Registration {
       if (plan === 'transient-scope') throw new UserError(`failed to allocate scope ${req.machineName}.scope: ${busErrorText(err)}`);
       throw new UserError(`failed to register machine '${req.machineName}': ${busErrorText(err)}`);
     }
+  }
+
+  /** Unregister machine `name` if its leader has exited; true when it did. */
+  private async dropStaleMachine(name: string): Promise<boolean> {
+    const bus = this.bus;
+    if (!bus) return false;
+    const { call } = await import('../dbus/bus.js');
+    const manager = { destination: 'org.freedesktop.machine1', path: '/org/freedesktop/machine1', interface: 'org.freedesktop.machine1.Manager' };
+    const path = (await call(bus, { ...manager, member: 'GetMachine', signature: 's', body: [name], timeoutMs: 5000 })).body[0] as string;
+    const leader = (await call(bus, {
+      destination: 'org.freedesktop.machine1', path, interface: 'org.freedesktop.DBus.Properties',
+      member: 'Get', signature: 'ss', body: ['org.freedesktop.machine1.Machine', 'Leader'], timeoutMs: 5000,
+    })).body[0] as { value: number };
+    if (processExists(leader.value)) return false;
+    await call(bus, { ...manager, member: 'UnregisterMachine', signature: 's', body: [name], timeoutMs: 5000 });
+    return true;
   }
 
   /** Owned now, or bus-activatable (systemd-machined normally starts on first use). */
@@ -337,6 +363,15 @@ export class Registration {
     const bus = this.bus;
     this.bus = null;
     if (bus) bus.disconnect();
+  }
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
