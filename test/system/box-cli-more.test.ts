@@ -1,9 +1,8 @@
 // More of the mctl CLI on a real systemd host (the box), against stock systemd-machined first and
 // then against mctl-machined: login on a real terminal, copy-to/copy-from, bind, the image verbs
-// on /var/lib/machines, and reboot of a container@.service machine. Interactive machines are
-// booted by stock systemd-nspawn (as in box-cli.test.ts) so only the CLI and the service are
-// under test. Not here yet: reboot of a container@.service machine — mctl-nspawn leaves its
-// registration behind when it exits 133, so the restarted unit fails with MachineExists.
+// on /var/lib/machines, and reboot. Interactive machines are booted by stock systemd-nspawn
+// (as in box-cli.test.ts) so only the CLI and the service are under test; reboot under
+// container@.service (our launcher) is in box-container-unit.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
