@@ -14,7 +14,7 @@ function inChild(body: string): { status: number | null; stdout: string; stderr:
 
 test('mount, sethostname and umount2 work and failures carry errno names', () => {
   const r = inChild(`
-    import { mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+    import { mkdtempSync, writeFileSync, readFileSync, existsSync, rmdirSync } from 'node:fs';
     import { hostname } from 'node:os';
     c.mount(null, '/', null, c.MS.REC | c.MS.PRIVATE);
     const d = mkdtempSync('/tmp/mctl-libc-');
@@ -24,6 +24,7 @@ test('mount, sethostname and umount2 work and failures carry errno names', () =>
     console.log(readFileSync(d + '/x', 'utf8'), hostname());
     c.umount2(d, c.MNT.DETACH);
     console.log(existsSync(d + '/x'));
+    rmdirSync(d);
     try { c.mount(null, '/nonexistent-mctl', 'tmpfs', 0); } catch (e) { console.log(e.message); }
     try { c.umount2('/nonexistent-mctl'); } catch (e) { console.log(e.code); }
   `);
