@@ -20,7 +20,7 @@
 // - Teardown always runs (test hooks, SIGINT/SIGTERM, process exit) and only ever signals the
 //   nspawn process this module started, by PID. nspawn itself gets PDEATHSIG=TERM, and a box whose
 //   test process died without teardown is reaped by the next boot from its state file.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { before, after, afterEach } from 'node:test';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -667,4 +667,50 @@ async function until(pred: () => boolean, ms: number): Promise<boolean> {
     await sleep(25);
   }
   return true;
+}
+
+/**
+ * A user's terminal in the box: util-linux `script` gives the command a PTY inside the box, and
+ * the test types and reads like a user (login and interactive shells need a terminal to forward).
+ */
+export class BoxTerminal {
+  private out = '';
+  private cursor = 0;
+  private readonly child: ChildProcessWithoutNullStreams;
+  readonly exited: Promise<number | null>;
+
+  constructor(box: Box, command: string) {
+    // `timeout` inside the box: killing nsenter would not end what it started in there.
+    this.child = spawn('nsenter', ['-t', String(box.leader), '-a', '--', 'timeout', '30', 'script', '-qfec', command, '/dev/null'], { env: BOX_ENV });
+    const keep = (c: Buffer): void => {
+      this.out += c.toString('utf8');
+    };
+    this.child.stdout.on('data', keep);
+    this.child.stderr.on('data', keep);
+    this.child.stdin.on('error', () => {});
+    this.exited = new Promise((resolve) => this.child.once('close', (code) => resolve(code)));
+  }
+
+  get output(): string {
+    return this.out;
+  }
+
+  /** Wait until RE shows up after what earlier expects consumed; returns the match. */
+  async expect(re: RegExp, ms = 15_000): Promise<RegExpExecArray> {
+    let m: RegExpExecArray | null = null;
+    await waitFor(async () => (m = re.exec(this.out.slice(this.cursor))) !== null, ms, `${re} on the terminal; got:\n${this.out}`);
+    const found = m as unknown as RegExpExecArray;
+    this.cursor += found.index + found[0].length;
+    return found;
+  }
+
+  type(text: string): void {
+    this.child.stdin.write(text);
+  }
+
+  /** End our side (EOF) and wait for the client to exit. */
+  async close(): Promise<number | null> {
+    this.child.stdin.end();
+    return this.exited;
+  }
 }

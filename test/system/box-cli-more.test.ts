@@ -5,8 +5,7 @@
 // container@.service (our launcher) is in box-container-unit.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { installMctl, parseProps, useBox, useMctlMachined, useSystemdMachined, waitFor, waitSystemRunning, type Box } from '../helpers/box.js';
+import { BoxTerminal, installMctl, parseProps, useBox, useMctlMachined, useSystemdMachined, waitFor, waitSystemRunning, type Box } from '../helpers/box.js';
 import { debianTree } from '../helpers/images.js';
 
 const held = useBox({ machines: { debian: debianTree() } }, (box) => installMctl(box));
@@ -25,48 +24,6 @@ async function stopNested(box: Box, name: string): Promise<void> {
   await box.run(['systemctl', 'reset-failed', `${name}.service`]);
 }
 
-/** A user's terminal in the box: util-linux `script` gives mctl a PTY; the test types and reads. */
-class Terminal {
-  private out = '';
-  private cursor = 0;
-  private readonly child: ChildProcessWithoutNullStreams;
-  readonly exited: Promise<number | null>;
-
-  constructor(box: Box, command: string) {
-    // `timeout` inside the box: killing nsenter would not end what it started in there.
-    this.child = spawn('nsenter', ['-t', String(box.leader), '-a', '--', 'timeout', '30', 'script', '-qfec', command, '/dev/null'], {
-      env: { PATH: '/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', TERM: 'dumb', LANG: 'C.UTF-8', HOME: '/root' },
-    });
-    const keep = (c: Buffer): void => {
-      this.out += c.toString('utf8');
-    };
-    this.child.stdout.on('data', keep);
-    this.child.stderr.on('data', keep);
-    this.child.stdin.on('error', () => {});
-    this.exited = new Promise((resolve) => this.child.once('close', (code) => resolve(code)));
-  }
-
-  get output(): string {
-    return this.out;
-  }
-
-  async expect(re: RegExp, ms = 15_000): Promise<void> {
-    let m: RegExpExecArray | null = null;
-    await waitFor(async () => (m = re.exec(this.out.slice(this.cursor))) !== null, ms, `${re} on the terminal; got:\n${this.out}`);
-    const found = m as unknown as RegExpExecArray;
-    this.cursor += found.index + found[0].length;
-  }
-
-  type(text: string): void {
-    this.child.stdin.write(text);
-  }
-
-  async close(): Promise<number | null> {
-    this.child.stdin.end();
-    return this.exited;
-  }
-}
-
 for (const service of ['systemd-machined', 'mctl-machined'] as const) {
   const tag = service === 'mctl-machined' ? 'ours' : 'stock';
 
@@ -79,7 +36,7 @@ for (const service of ['systemd-machined', 'mctl-machined'] as const) {
     const leader = await bootNested(box, name);
     try {
       // login: the container's getty on a real terminal, root/mctl, a shell prompt, ^]^]^] leaves.
-      const term = new Terminal(box, `mctl login ${name}`);
+      const term = new BoxTerminal(box, `mctl login ${name}`);
       try {
         await term.expect(/login: $/m);
         term.type('root\r');

@@ -4,8 +4,7 @@
 // kill, terminate — the way an administrator would. Nothing of mctl runs on the client side.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { installMctl, parseProps, useBox, waitFor, waitSystemRunning, type Box } from '../helpers/box.js';
+import { BoxTerminal, installMctl, parseProps, useBox, waitFor, waitSystemRunning, type Box } from '../helpers/box.js';
 import { debianTree } from '../helpers/images.js';
 
 const held = useBox({ machines: { debian: debianTree() } }, (box) => installMctl(box, { machined: true }));
@@ -36,54 +35,6 @@ async function gone(box: Box, name: string): Promise<void> {
   await waitFor(async () => (await box.run(['machinectl', 'show', name])).status !== 0, 20_000, `${name} unregistered`);
   await waitFor(async () => (await box.run(['systemctl', 'is-active', `${name}.service`])).stdout.trim() !== 'active', 10_000, `${name} launcher exited`);
   assert.equal((await box.runOk(['systemctl', 'show', scopeOf(name), '-p', 'ActiveState', '--value'])).trim(), 'inactive', 'scope gone');
-}
-
-/**
- * A stock client on a terminal: util-linux `script` gives it a PTY inside the box, and the test
- * types and reads like a user (machinectl's shell and login need a terminal to forward).
- */
-class Terminal {
-  private out = '';
-  private cursor = 0;
-  private readonly child: ChildProcessWithoutNullStreams;
-  readonly exited: Promise<number | null>;
-
-  constructor(box: Box, command: string) {
-    // `timeout` inside the box: killing nsenter would not end what it started in there.
-    this.child = spawn('nsenter', ['-t', String(box.leader), '-a', '--', 'timeout', '30', 'script', '-qfec', command, '/dev/null'], {
-      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', TERM: 'dumb', LANG: 'C.UTF-8', HOME: '/root' },
-    });
-    const keep = (c: Buffer): void => {
-      this.out += c.toString('utf8');
-    };
-    this.child.stdout.on('data', keep);
-    this.child.stderr.on('data', keep);
-    this.child.stdin.on('error', () => {});
-    this.exited = new Promise((resolve) => this.child.once('close', (code) => resolve(code)));
-  }
-
-  get output(): string {
-    return this.out;
-  }
-
-  /** Wait until RE shows up after what earlier expects consumed; returns the match. */
-  async expect(re: RegExp, ms = 15_000): Promise<RegExpExecArray> {
-    let m: RegExpExecArray | null = null;
-    await waitFor(async () => (m = re.exec(this.out.slice(this.cursor))) !== null, ms, `${re} on the terminal; got:\n${this.out}`);
-    const found = m as unknown as RegExpExecArray;
-    this.cursor += found.index + found[0].length;
-    return found;
-  }
-
-  type(text: string): void {
-    this.child.stdin.write(text);
-  }
-
-  /** End our side (EOF) and wait for the client to exit. */
-  async close(): Promise<number | null> {
-    this.child.stdin.end();
-    return this.exited;
-  }
 }
 
 test('stock nspawn -b -D -M registers with mctl-machined: list shows a container, its scope is under machine.slice, its systemd answers', async () => {
@@ -126,7 +77,7 @@ test('stock machinectl status and show describe it', async () => {
 test('stock machinectl shell runs a command in it (on a terminal)', async () => {
   const { box } = held;
   const id = (await show(box, X)).Id;
-  const term = new Terminal(box, `machinectl shell ${X} /bin/sh -c 'echo hi from $(cat /etc/machine-id)'`);
+  const term = new BoxTerminal(box, `machinectl shell ${X} /bin/sh -c 'echo hi from $(cat /etc/machine-id)'`);
   try {
     await term.expect(new RegExp(`hi from ${id}`));
     await term.expect(/Connection to machine .* terminated/);
@@ -135,7 +86,7 @@ test('stock machinectl shell runs a command in it (on a terminal)', async () => 
     await term.close();
   }
   // Without a command: root's login shell, interactive on the same kind of terminal.
-  const interactive = new Terminal(box, `machinectl shell ${X}`);
+  const interactive = new BoxTerminal(box, `machinectl shell ${X}`);
   try {
     await interactive.expect(/# $/m);
     interactive.type('echo in-shell-$((6*7)) $(id -un); exit\r');
@@ -149,7 +100,7 @@ test('stock machinectl shell runs a command in it (on a terminal)', async () => 
 
 test('stock machinectl login reaches the getty prompt, logs in, and ^]^]^] leaves', async () => {
   const { box } = held;
-  const term = new Terminal(box, `machinectl login ${X}`);
+  const term = new BoxTerminal(box, `machinectl login ${X}`);
   try {
     await term.expect(/Connected to machine/);
     await term.expect(/login: $/m);
