@@ -28,11 +28,8 @@ export interface VethExtra {
   container: string;
 }
 
-/** What the launcher asks for (already parsed and checked for conflicts by the option layer). */
-export interface MachineNetworkRequest {
-  machine: string;
-  /** A process inside the container's network namespace (the container's leader). */
-  leaderPid: number;
+/** The links and forwards of one machine, as the option layer resolved them. */
+export interface MachineLinks {
   veth: boolean;
   vethExtra: VethExtra[];
   /** --network-bridge: an existing bridge the vb-NAME veth joins. */
@@ -45,6 +42,13 @@ export interface MachineNetworkRequest {
   ports: PortForward[];
   /** Addresses, default routes and NAT from mctl (false: leave it to networkd or the admin). */
   auto: boolean;
+}
+
+/** What the launcher asks for (already parsed and checked for conflicts by the option layer). */
+export interface MachineNetworkRequest extends MachineLinks {
+  machine: string;
+  /** A process inside the container's network namespace (the container's leader). */
+  leaderPid: number;
   /** Start the watcher that collects after the launcher's end (spawnCollector); the launcher wants it. */
   collector?: boolean;
 }

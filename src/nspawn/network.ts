@@ -9,7 +9,7 @@ import { UserError } from '../common/errors.js';
 import { isValidIfname } from '../net/ip.js';
 import { isValidZoneName } from '../net/names.js';
 import { parsePortForward, assertNoDuplicatePorts, type PortForward } from '../net/ports.js';
-import type { VethExtra, MachineNetwork } from '../net/machine.js';
+import type { VethExtra, MachineLinks, MachineNetwork } from '../net/machine.js';
 import { parsePrivateUsers, parseOwnership, type PrivateUsers, type Ownership } from './userns.js';
 import type { NetworkSettings as FileNetworkKeys } from './settings.js';
 
@@ -133,18 +133,9 @@ User namespacing:
 `;
 
 /** A network setting group with every field resolved. */
-export interface NetworkPlan {
+export interface NetworkPlan extends MachineLinks {
   privateNetwork: boolean;
-  veth: boolean;
-  vethExtra: VethExtra[];
-  bridge: string | null;
-  zone: string | null;
-  interfaces: string[];
-  macvlan: string[];
-  ipvlan: string[];
   namespacePath: string | null;
-  ports: PortForward[];
-  auto: boolean;
 }
 
 /** Apply nspawn's implications and refuse its conflicting combinations. */
@@ -200,20 +191,8 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
     async afterNamespaces(leaderPid: number) {
       if (!needsHostSetup(plan)) return;
       const { setupMachineNetwork } = await import('../net/machine.js');
-      net = await setupMachineNetwork({
-        machine,
-        leaderPid,
-        veth: plan.veth,
-        vethExtra: plan.vethExtra,
-        bridge: plan.bridge,
-        zone: plan.zone,
-        interfaces: plan.interfaces,
-        macvlan: plan.macvlan,
-        ipvlan: plan.ipvlan,
-        ports: plan.ports,
-        auto: plan.auto,
-        collector: true,
-      });
+      const { privateNetwork: _private, namespacePath: _path, ...links } = plan;
+      net = await setupMachineNetwork({ ...links, machine, leaderPid, collector: true });
     },
     async teardown() {
       const n = net;
