@@ -1,8 +1,10 @@
 // Disk images of the cached recipe trees, built by test/helpers/raw-images.sh and cached.
 // Never modify one: copy it (copyImage) or attach it read-only.
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from './images.js';
+import { STAGING_DIR } from '../../src/image/mount.js';
 
 export type RawImageKind = 'ext4' | 'gpt' | 'mbr' | 'squashfs';
 
@@ -24,4 +26,20 @@ export function debianImage(kind: RawImageKind): string {
 export function copyImage(source: string, target: string): string {
   execFileSync('cp', ['--reflink=auto', '--sparse=always', source, target]);
   return target;
+}
+
+export interface ImageResidue {
+  loops: string[];
+  mounts: string[];
+}
+
+/** Loop devices and mounts that could be left by image tests working in `dir`: compare before/after. */
+export function imageResidue(dir: string): ImageResidue {
+  const loops = execFileSync('losetup', ['-a', '--noheadings', '-O', 'NAME,BACK-FILE'], { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.includes(dir) || l.includes('/mctl-test/img-'));
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(STAGING_DIR) || l.includes(dir));
+  return { loops, mounts };
 }

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { STAGING_DIR } from '../../src/image/mount.js';
 import { removeImage, renameImage } from '../../src/image/store.js';
-import { debianImage, copyImage, type RawImageKind } from '../helpers/raw-images.js';
+import { debianImage, copyImage, type RawImageKind, imageResidue, type ImageResidue } from '../helpers/raw-images.js';
 import { setup, type Env } from './machined-harness.js';
 
 const NSPAWN = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
@@ -27,18 +27,10 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function residue(): { loops: string[]; mounts: string[] } {
-  const loops = execFileSync('losetup', ['-a', '--noheadings', '-O', 'NAME,BACK-FILE'], { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.includes(dir) || l.includes('/mctl-test/img-'));
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter((l) => l.includes(STAGING_DIR) || l.includes(dir));
-  return { loops, mounts };
-}
+const residue = (): ImageResidue => imageResidue(dir);
 
 /** Autoclear runs when the container's namespace dies, just after the launcher exits: poll briefly. */
-async function assertCleanSoon(clean: ReturnType<typeof residue>): Promise<void> {
+async function assertCleanSoon(clean: ImageResidue): Promise<void> {
   const deadline = Date.now() + 5000;
   while (JSON.stringify(residue()) !== JSON.stringify(clean) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(residue(), clean);

@@ -6,13 +6,13 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { mountImage, STAGING_DIR } from '../../src/image/mount.js';
+import { mountImage } from '../../src/image/mount.js';
 import { readOSRelease } from '../../src/image/metadata.js';
 import { DiskImageError } from '../../src/image/errors.js';
 import { rootTypeFor, usrTypeFor, hostDpsArch } from '../../src/image/dps.js';
 import { lockImage } from '../../src/image/lock.js';
 import { prepareImageRoot } from '../../src/nspawn/image.js';
-import { debianImage, copyImage, type RawImageKind } from '../helpers/raw-images.js';
+import { debianImage, copyImage, type RawImageKind, imageResidue, type ImageResidue } from '../helpers/raw-images.js';
 
 const MiB = 1024 * 1024;
 let dir = '';
@@ -24,18 +24,9 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Loop devices and mounts that could be ours: compared before/after each operation. */
-function residue(): { loops: string[]; mounts: string[] } {
-  const loops = execFileSync('losetup', ['-a', '--noheadings', '-O', 'NAME,BACK-FILE'], { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.includes(dir) || l.includes('/mctl-test/img-'));
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter((l) => l.includes(STAGING_DIR) || l.includes(dir));
-  return { loops, mounts };
-}
+const residue = (): ImageResidue => imageResidue(dir);
 
-function assertClean(before: ReturnType<typeof residue>): void {
+function assertClean(before: ImageResidue): void {
   assert.deepEqual(residue(), before);
 }
 
