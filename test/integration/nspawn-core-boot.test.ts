@@ -4,9 +4,10 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from '../helpers/images.js';
+import { launcherHostState } from '../helpers/host-state.js';
 
 const BIN = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
 let tree = '';
@@ -15,20 +16,8 @@ before(() => {
   tree = debianTree();
 });
 
-function hostState(): string {
-  // only mounts that could be ours: other helpers' tests mount and unmount concurrently
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ').slice(3, 5).join(' '))
-    .filter((m) => m.includes(tree) || m.includes('nsc'))
-    .sort()
-    .join('\n');
-  const cgroups = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd']
-    .filter((d) => existsSync(d))
-    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-nspawn-t-nsc')).map((n) => `${d}/${n}`))
-    .join('\n');
-  return `${mounts}\n--\n${cgroups}`;
-}
+/** What a failed or finished start must not leave: mounts and our cgroups. */
+const hostState = (): string => launcherHostState(tree, 'nsc', 'mctl-nspawn-t-nsc');
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Resolves with 'timeout' after ms without keeping the test process alive. */

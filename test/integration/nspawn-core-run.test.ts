@@ -4,9 +4,10 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from '../helpers/images.js';
+import { launcherHostState } from '../helpers/host-state.js';
 import { capabilityMask, defaultBoundingSet } from '../../src/nspawn/capabilities.js';
 import type { ContainerSpec } from '../../src/nspawn/spec.js';
 
@@ -65,20 +66,7 @@ function alive(pid: number): boolean {
 }
 
 /** What a failed or finished start must not leave: mounts and our cgroups. */
-function hostState(): string {
-  // only mounts that could be ours: other helpers' tests mount and unmount concurrently
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ').slice(3, 5).join(' '))
-    .filter((m) => m.includes(tree) || m.includes('nsc'))
-    .sort()
-    .join('\n');
-  const cgroups = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup/systemd', '/sys/fs/cgroup']
-    .filter((d) => existsSync(d))
-    .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('mctl-nspawn-t-nsc')).map((n) => `${d}/${n}`))
-    .join('\n');
-  return `${mounts}\n--\n${cgroups}`;
-}
+const hostState = (): string => launcherHostState(tree, 'nsc', 'mctl-nspawn-t-nsc');
 
 test('/bin/true runs and returns 0; exit N becomes the launcher status', () => {
   const before = hostState();
