@@ -12,9 +12,14 @@ import { ofdLock, flock, clearCloexec } from '../sys/libc.js';
  */
 export type LockKind = 'ofd' | 'flock';
 
+/** Per path, the promise the next in-process acquireAsync caller waits for. */
+const localQueue = new Map<string, Promise<void>>();
+
 export class LockFile {
   readonly path: string;
   private fdValue: number | null;
+  /** Lets the next in-process acquireAsync caller go. */
+  private onRelease: (() => void) | null = null;
 
   private constructor(path: string, fd: number) {
     this.path = path;
@@ -31,7 +36,11 @@ export class LockFile {
     return LockFile.open(path, false, kind);
   }
 
-  /** Take the lock, waiting for the holder to let go. */
+  /**
+   * Take the lock, waiting for the holder to let go. Blocks the thread: only for short-lived
+   * processes that hold nothing else; async code that may take the same lock twice (a service
+   * handling two events) must use acquireAsync, or it deadlocks against itself.
+   */
   static acquire(path: string, kind: LockKind = 'ofd'): LockFile {
     const lock = LockFile.open(path, true, kind);
     if (!lock) throw new Error(`${path}: could not take lock`);
@@ -45,6 +54,37 @@ export class LockFile {
       const lock = LockFile.tryAcquire(path, kind);
       if (lock || Date.now() >= end) return lock;
       await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /**
+   * Take the lock without blocking the event loop: callers in this process queue up first (OFD
+   * locks of two open file descriptions in one process exclude each other, so a blocking wait
+   * there would never end), then the lock is polled until another process lets go.
+   */
+  static async acquireAsync(path: string, kind: LockKind = 'ofd'): Promise<LockFile> {
+    const previous = localQueue.get(path) ?? Promise.resolve();
+    let done!: () => void;
+    const mine = new Promise<void>((resolve) => (done = resolve));
+    const tail = previous.then(() => mine);
+    localQueue.set(path, tail);
+    await previous;
+    try {
+      for (let delay = 5; ; delay = Math.min(delay * 2, 100)) {
+        const lock = LockFile.tryAcquire(path, kind);
+        if (lock) {
+          lock.onRelease = () => {
+            if (localQueue.get(path) === tail) localQueue.delete(path);
+            done();
+          };
+          return lock;
+        }
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    } catch (err) {
+      if (localQueue.get(path) === tail) localQueue.delete(path);
+      done();
+      throw err;
     }
   }
 
@@ -95,6 +135,8 @@ export class LockFile {
     }
     closeSync(this.fdValue);
     this.fdValue = null;
+    this.onRelease?.();
+    this.onRelease = null;
   }
 }
 

@@ -162,9 +162,14 @@ async function undoState(cfg: NetConfig, s: MachineNetState): Promise<void> {
   if (errors.length) throw new Error(`cleaning up the network of ${s.machine}: ${errors.join('; ')}`);
 }
 
-function withAllocLock<T>(cfg: NetConfig, fn: () => Promise<T>): Promise<T> {
-  const lock = LockFile.acquire(join(cfg.stateDir, 'alloc.lock'));
-  return fn().finally(() => lock.release(false));
+async function withAllocLock<T>(cfg: NetConfig, fn: () => Promise<T>): Promise<T> {
+  // Async: the service may collect two machines at once, and must keep answering the bus meanwhile.
+  const lock = await LockFile.acquireAsync(join(cfg.stateDir, 'alloc.lock'));
+  try {
+    return await fn();
+  } finally {
+    lock.release(false);
+  }
 }
 
 /** Collect leftovers of launchers that died (state file present, machine lock free). Under alloc.lock. */
