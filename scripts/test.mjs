@@ -1,7 +1,7 @@
 // `npm test`: build, then run the test tiers. With no argument all three tiers run, and a tier
 // that cannot run here (not root, debootstrap missing) FAILS instead of skipping silently.
 // Naming tiers (`npm test -- unit`) runs just those, which is how to opt out explicitly.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, statSync, existsSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +39,43 @@ function preflight(tier) {
 const build = spawnSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'inherit' });
 if (build.status !== 0) process.exit(build.status ?? 1);
 
+// --test-timeout cannot fire inside a test file whose event loop is blocked (a deadlock in a
+// synchronous call): a whole tier that overruns its budget is stopped here, its process group
+// first asked to end (SIGTERM lets the box harness tear down), then killed.
+const TIER_BUDGET_MIN = { unit: 10, integration: 30, system: 30 };
+
+function runTier(tier, args) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...args], {
+      cwd: root,
+      stdio: 'inherit',
+      detached: true,
+      env: { ...process.env, MCTL_TEST_TIER: tier },
+    });
+    const signalGroup = (sig) => {
+      try {
+        process.kill(-child.pid, sig);
+      } catch {
+        /* already gone */
+      }
+    };
+    const budget = setTimeout(() => {
+      console.error(`test: the ${tier} tier ran past its ${TIER_BUDGET_MIN[tier]} min budget; stopping it`);
+      signalGroup('SIGTERM');
+      setTimeout(() => signalGroup('SIGKILL'), 15_000).unref();
+    }, TIER_BUDGET_MIN[tier] * 60_000);
+    const forward = (sig) => signalGroup(sig);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    child.on('exit', (code, sig) => {
+      clearTimeout(budget);
+      process.off('SIGINT', forward);
+      process.off('SIGTERM', forward);
+      resolve(code ?? (sig ? 1 : 0));
+    });
+  });
+}
+
 let failed = false;
 for (const tier of tiers) {
   const why = preflight(tier);
@@ -59,11 +96,7 @@ for (const tier of tiers) {
   const concurrency = tier === 'unit' ? [] : ['--test-concurrency=1'];
   // A hung test must fail the run, not hold CI until its deadline.
   const timeout = ['--test-timeout=300000'];
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...concurrency, ...timeout, ...list], {
-    cwd: root,
-    stdio: 'inherit',
-    env: { ...process.env, MCTL_TEST_TIER: tier },
-  });
-  if (r.status !== 0) failed = true;
+  const status = await runTier(tier, [...concurrency, ...timeout, ...list]);
+  if (status !== 0) failed = true;
 }
 process.exit(failed ? 1 : 0);
