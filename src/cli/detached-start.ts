@@ -2,7 +2,7 @@
 // would run it, and wait until the machine is registered with the machine manager and (when
 // it boots systemd) its boot has finished. The launcher's output goes to a log file.
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
 import { containerEnv } from './container-exec.js';
@@ -81,7 +81,9 @@ export function spawnDetached(name: string, root: string, extraEnv: NodeJS.Proce
   try {
     // A small sh loop plays systemd's part of container@.service: RestartForceExitStatus=133
     // (the launcher's status when the guest reboots), with a start limit of 5 in 10 s.
-    const child = spawn('/bin/sh', ['-c', RESTART_LOOP, 'mctl-nspawn-restart', launcher, ...args, `--machine=${name}`, `--directory=${root}`], {
+    // A raw image (NAME.raw) or block device boots with --image, a directory tree with --directory.
+    const rootOption = statSync(root, { throwIfNoEntry: false })?.isFile() || root.startsWith('/dev/') ? `--image=${root}` : `--directory=${root}`;
+    const child = spawn('/bin/sh', ['-c', RESTART_LOOP, 'mctl-nspawn-restart', launcher, ...args, `--machine=${name}`, rootOption], {
       detached: true,
       stdio: ['ignore', fd, fd],
       env: { ...process.env, ...extraEnv },
