@@ -38,7 +38,7 @@ export interface RunningService {
 async function chooseBackend(bus: MessageBus, choice: BackendChoice, onChange: (m: Machine) => void, onReload: () => void): Promise<ScopeBackend> {
   const useSystemd = choice === 'systemd1' || (choice === 'auto' && (await systemdOnBus(bus)));
   if (useSystemd) return Systemd1Backend.create(bus, onChange, onReload);
-  return new CgroupfsBackend(onChange);
+  return new CgroupfsBackend(onChange, bus);
 }
 
 export async function startService(options: ServiceOptions): Promise<RunningService> {

@@ -23,6 +23,20 @@ export interface LaunchHooks {
   afterNamespaces?: Array<(leaderPid: number) => Promise<void>>;
   /** Undo for what the hooks did, run when the start fails after them (reverse order). */
   onAbort?: Array<() => Promise<void>>;
+  /** Make the supervisor a D-Bus scope controller (answers Scope.RequestStop); see BusController. */
+  busController?: BusController;
+}
+
+/**
+ * The supervisor's own bus connection, so it can be the scope's Controller= as systemd-nspawn
+ * is: `prepare` connects to `address` before the hooks run and `uniqueName` is filled in (null
+ * when it could not connect); a hook registers the scope with it and fills `trustedSenders`
+ * (the unique names allowed to send RequestStop: systemd1's and machine1's owners).
+ */
+export interface BusController {
+  address: string;
+  uniqueName: string | null;
+  trustedSenders: string[];
 }
 
 export type { ContainerSpec };
@@ -186,13 +200,17 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
 
   // child_process costs a few ms to load: only the hook path needs it
   const { spawnSync } = await import('node:child_process');
-  const r = spawnSync(helper, ['prepare', ...args], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
+  const controller = hooks.busController;
+  const prepareArgs = controller ? ['bus', controller.address, ...args] : args;
+  const r = spawnSync(helper, ['prepare', ...prepareArgs], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
   if (r.status !== 0) throw new UserError('failed to create the container', { exitCode: 1 });
   const report = r.output[3]?.toString() ?? '';
-  const m = /^(\d+) (\d+)\n$/.exec(report);
+  const m = /^(\d+) (\d+) (-?\d+) (\S+)\n$/.exec(report);
   if (!m) throw new Error(`unexpected report from mctl-nsexec: '${report}'`);
   const pid = Number(m[1]);
   const fd = m[2] ?? '';
+  const busFd = Number(m[3]);
+  if (controller) controller.uniqueName = busFd >= 0 && m[4] !== '-' ? m[4]! : null;
   try {
     for (const hook of afterNamespaces) await hook(pid);
   } catch (err) {
@@ -210,6 +228,7 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
     }
     throw err;
   }
-  execve(helper, ['mctl-nsexec', 'supervise', String(pid), fd, ...args], env);
+  const busArgs = controller?.uniqueName && controller.trustedSenders.length > 0 ? ['bus-fd', String(busFd), ...controller.trustedSenders.flatMap((n) => ['bus-trust', n])] : [];
+  execve(helper, ['mctl-nsexec', 'supervise', String(pid), fd, ...busArgs, ...args], env);
   throw new Error('unreachable: execve returned');
 }

@@ -170,8 +170,9 @@ runMain('mctl-nspawn', async () => {
     if (registrationPlan(registerMode, keepUnit) !== 'nothing') {
       const registration = new Registration(registerMode, keepUnit, {
         machineName, uuid, rootDirectory: root, netifIndices: netUsers?.netifIndices ?? [], slice: o.slice,
-        // Always, unlike nspawn (which only passes --kill-signal): we cannot be the scope's
-        // Controller answering RequestStop, so the service must know how to stop PID 1 itself.
+        // Always: with the supervisor as the scope's Controller= it is KillSignal= + KillMode=mixed
+        // as nspawn passes them; in the fallback without a controller the service must know how
+        // to stop PID 1 itself.
         killSignal: spec.killSignal,
         properties: o.properties ?? [], mounts: spec.mounts,
       });
@@ -179,6 +180,7 @@ runMain('mctl-nspawn', async () => {
       if (registerMode === 'yes' || (await registration.busMayExist())) {
         hooks.afterNamespaces = [(leader) => registration.start(leader)];
         hooks.onAbort = [() => registration.stop()];
+        hooks.busController = registration.busController;
       }
     }
     if (image && imageMod) {

@@ -12,6 +12,7 @@ import { existsSync, statSync } from 'node:fs';
 import { UserError } from '../common/errors.js';
 import type { RegisterMode } from './options.js';
 import { parseSignal } from './signals.js';
+import type { BusController } from './launch.js';
 import type { MountOp } from './spec.js';
 
 /** A D-Bus property as plain data: name, signature, value (converted to a Variant when sent). */
@@ -32,6 +33,8 @@ export interface RegistrationRequest {
   properties: readonly string[];
   /** Device nodes bound in with --bind: the scope must allow them. */
   mounts: readonly MountOp[];
+  /** Unique bus name of the supervisor's own connection (the scope's Controller=), or null. */
+  controller?: string | null;
 }
 
 export const SERVICE_NAME = 'mctl-nspawn';
@@ -115,16 +118,17 @@ function boundDevices(mounts: readonly MountOp[]): Array<[string, string]> {
   return out;
 }
 
-/** Scope properties for CreateMachineWithNetwork (nspawn's register_machine without --keep-unit). */
-// No Controller=: after the start this process execve()s into the native supervisor, so nobody
-// would answer Scope.RequestStop (which is how nspawn turns a scope stop into its kill signal
-// for PID 1). Instead systemd must signal the container itself: KillSignal= is always set, and
-// KillMode=control-group rather than nspawn's mixed, because a scope has no main process and
-// "mixed" would skip straight to SIGKILL for everything (measured in the box: no shutdown,
-// exit 1). With control-group a booted systemd gets SIGRTMIN+3 and halts cleanly (exit 0).
+// Stop semantics, as systemd-nspawn 252: the supervisor's own bus connection is the scope's
+// Controller= and KillMode=mixed; systemd then does not signal the scope on stop but sends
+// Scope.RequestStop to the controller, and the supervisor sends the kill signal to PID 1 only
+// (SIGRTMIN+3: a booted systemd shuts down cleanly); whatever is left after TimeoutStopSec gets
+// SIGKILL. Without a controller (the supervisor could not connect) "mixed" would mean an
+// immediate SIGKILL of everything (a scope has no main process), so the fallback is
+// KillMode=control-group: the kill signal to every process of the container.
 function killProperties(req: RegistrationRequest): PropertyValue[] {
-  if (req.killSignal === undefined) return [];
-  return [['KillSignal', 'i', req.killSignal], ['KillMode', 's', 'control-group']];
+  const controller: PropertyValue[] = req.controller ? [['Controller', 's', req.controller]] : [];
+  if (req.killSignal === undefined) return controller;
+  return [...controller, ['KillSignal', 'i', req.killSignal], ['KillMode', 's', req.controller ? 'mixed' : 'control-group']];
 }
 
 export function scopeProperties(req: RegistrationRequest): PropertyValue[] {
@@ -181,6 +185,7 @@ export class Registration {
   private bus: import('dbus-next').MessageBus | null = null;
   private done: 'machine' | 'scope' | null = null;
   private scopeName = '';
+  private readonly controller: BusController | undefined;
 
   constructor(
     private readonly mode: RegisterMode,
@@ -189,6 +194,11 @@ export class Registration {
   ) {
     // Fail early on a bad --property, before any namespace exists.
     for (const p of base.properties) parseUnitProperty(p);
+    const plan = registrationPlan(mode, keepUnit);
+    if (plan === 'create-machine' || plan === 'transient-scope') {
+      const address = process.env['DBUS_SYSTEM_BUS_ADDRESS'] || 'unix:path=/run/dbus/system_bus_socket';
+      this.controller = { address, uniqueName: null, trustedSenders: [] };
+    }
   }
 
   /** The machine was registered (machined knows it) — for messages and tests. */
@@ -204,6 +214,14 @@ export class Registration {
     return socket === null || existsSync(socket);
   }
 
+  /**
+   * The supervisor's bus connection for Controller= (filled in by launch() before start());
+   * undefined under --keep-unit or without registration, where no scope of ours is stopped.
+   */
+  get busController(): BusController | undefined {
+    return this.controller;
+  }
+
   async start(leaderPid: number): Promise<void> {
     const plan = registrationPlan(this.mode, this.keepUnit);
     if (plan === 'nothing') return;
@@ -215,7 +233,7 @@ export class Registration {
       if (this.mode === 'yes') throw new UserError(`cannot register machine: no system bus at ${socket}`);
       return;
     }
-    const req: RegistrationRequest = { ...this.base, leaderPid };
+    const req: RegistrationRequest = { ...this.base, leaderPid, controller: this.controller?.uniqueName ?? null };
     const { connectBus, call } = await import('../dbus/bus.js');
     const bus = connectBus(address);
     this.bus = bus;
@@ -225,6 +243,7 @@ export class Registration {
       if (plan === 'transient-scope') {
         if (!(await this.nameAvailable('org.freedesktop.systemd1'))) return await this.close();
         await this.startTransientScope(req);
+        await this.trustStopRequestsFrom(['org.freedesktop.systemd1']);
         return;
       }
       if (!(await this.nameAvailable('org.freedesktop.machine1'))) {
@@ -256,12 +275,31 @@ export class Registration {
           body: [req.machineName, idBytes(req.uuid), SERVICE_NAME, 'container', req.leaderPid, req.rootDirectory, req.netifIndices,
             variants(scopeProperties(req))],
         });
+        // systemd sends RequestStop for a scope it runs; mctl-machined without systemd does itself
+        await this.trustStopRequestsFrom(['org.freedesktop.systemd1', 'org.freedesktop.machine1']);
       }
       this.done = 'machine';
     } catch (err) {
       await this.close();
       if (plan === 'transient-scope') throw new UserError(`failed to allocate scope ${req.machineName}.scope: ${busErrorText(err)}`);
       throw new UserError(`failed to register machine '${req.machineName}': ${busErrorText(err)}`);
+    }
+  }
+
+  /** The supervisor obeys Scope.RequestStop only from the current owners of these names. */
+  private async trustStopRequestsFrom(names: string[]): Promise<void> {
+    if (!this.controller?.uniqueName) return;
+    const { call } = await import('../dbus/bus.js');
+    for (const name of names) {
+      try {
+        const reply = await call(this.bus!, {
+          destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus',
+          member: 'GetNameOwner', signature: 's', body: [name], timeoutMs: 5000,
+        });
+        this.controller.trustedSenders.push(reply.body[0] as string);
+      } catch {
+        // not on the bus: nobody to trust for it
+      }
     }
   }
 

@@ -198,6 +198,13 @@ test('CreateMachine scope properties as nspawn sends them', () => {
     ['CPUQuotaPerSecUSec', 't', 500000n],
     ['TasksMax', 't', 100n],
   ]);
+  // with the supervisor's bus connection as Controller=: KillMode=mixed, as nspawn
+  assert.deepEqual(scopeProperties({ ...req, controller: ':1.42' }).slice(0, 4), [
+    ['Slice', 's', 'custom.slice'], ['Controller', 's', ':1.42'], ['KillSignal', 'i', 37], ['KillMode', 's', 'mixed'],
+  ]);
+  assert.deepEqual(transientScopeProperties({ ...req, controller: ':1.42' }).slice(5, 9), [
+    ['Slice', 's', 'custom.slice'], ['Controller', 's', ':1.42'], ['KillSignal', 'i', 37], ['KillMode', 's', 'mixed'],
+  ]);
   const t = transientScopeProperties({ ...req, slice: undefined, killSignal: undefined, properties: [], mounts: [] });
   assert.deepEqual(t.slice(0, 6), [
     ['PIDs', 'au', [4242]], ['Description', 's', 'Container box'], ['Delegate', 'b', true],

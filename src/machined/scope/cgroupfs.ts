@@ -1,7 +1,9 @@
 // Scope backend for hosts without systemd on the bus: machined creates
 // machine.slice/machine-NAME.scope itself in every tracking hierarchy (cgroup2, or the hybrid
 // name=systemd + cgroup2 pair), moves the leader in, and notices the end of a machine through
-// cgroup.events ("populated 0", inotify) and the leader's pidfd.
+// cgroup.events ("populated 0", inotify) and the leader's pidfd. Stopping follows systemd's
+// scope semantics: RequestStop to the scope's Controller= when it has one, else KillSignal= to
+// every process; SIGKILL for what is left after the stop timeout.
 import { readFileSync, readdirSync, watch as fsWatch, type FSWatcher } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import {
@@ -19,7 +21,9 @@ import {
   trackingDirs,
   unitOfCgroup,
 } from '../../sys/cgroup.js';
-import { unitNameEscape } from '../../dbus/escape.js';
+import dbus, { type MessageBus } from 'dbus-next';
+import { call } from '../../dbus/bus.js';
+import { busLabelEscape, unitNameEscape } from '../../dbus/escape.js';
 import { BusError, ERR } from '../errors.js';
 import { LeaderWatch } from '../leader-watch.js';
 import type { Machine } from '../machine.js';
@@ -57,10 +61,16 @@ export class CgroupfsBackend implements ScopeBackend {
   private readonly watched = new Map<string, Watched>();
   /** KillSignal= given in CreateMachine's scope properties, per machine. */
   private readonly killSignals = new Map<string, number>();
+  /** Controller= given in CreateMachine's scope properties (a unique bus name), per machine. */
+  private readonly controllers = new Map<string, string>();
   /** Machines whose leader's pidfd reported its exit. */
   private readonly exited = new Set<string>();
 
-  constructor(private readonly onChange: ChangeListener) {}
+  /** `bus`: where a scope's Controller= is asked to stop it (RequestStop), as systemd does. */
+  constructor(
+    private readonly onChange: ChangeListener,
+    private readonly bus?: MessageBus,
+  ) {}
 
   describe(): string {
     const h = cgroupHierarchies();
@@ -75,6 +85,7 @@ export class CgroupfsBackend implements ScopeBackend {
     for (const [key, variant] of properties) {
       if (key === 'Slice' && typeof variant.value === 'string' && /^[A-Za-z0-9:_.\\-]+\.slice$/.test(variant.value)) slice = variant.value;
       if (key === 'KillSignal' && typeof variant.value === 'number') this.killSignals.set(m.name, variant.value);
+      if (key === 'Controller' && typeof variant.value === 'string' && variant.value !== '') this.controllers.set(m.name, variant.value);
     }
     const unit = scopeUnitName(m.name);
     const cgroup = `${sliceCgroupPath(slice)}/${unit}`;
@@ -156,10 +167,15 @@ export class CgroupfsBackend implements ScopeBackend {
   }
 
   async stop(m: Machine): Promise<void> {
-    const signal = this.killSignals.get(m.name) ?? osConstants.signals.SIGTERM;
-    const pids = m.cgroup ? cgroupPids(m.cgroup) : [m.leader];
-    signalAll(pids, signal);
-    signalAll(pids, osConstants.signals.SIGCONT);
+    // A scope with a controller (mctl-nspawn's supervisor, systemd-nspawn) is asked to stop
+    // instead of being signalled, as systemd's scope stop does: the controller sends the kill
+    // signal to the container's PID 1 alone, so a booted system shuts down cleanly.
+    if (!(await this.requestStop(m))) {
+      const signal = this.killSignals.get(m.name) ?? osConstants.signals.SIGTERM;
+      const pids = m.cgroup ? cgroupPids(m.cgroup) : [m.leader];
+      signalAll(pids, signal);
+      signalAll(pids, osConstants.signals.SIGCONT);
+    }
     const w = this.watched.get(m.name);
     if (w && !w.killTimer) {
       // Like a unit's TimeoutStopSec: whatever ignores the first signal gets SIGKILL.
@@ -168,6 +184,27 @@ export class CgroupfsBackend implements ScopeBackend {
         setTimeout(() => this.onChange(m), 200).unref();
       }, stopTimeoutMs());
       w.killTimer.unref();
+    }
+  }
+
+  /** Send org.freedesktop.systemd1.Scope.RequestStop to the scope's controller; false if there is none on the bus. */
+  private async requestStop(m: Machine): Promise<boolean> {
+    const controller = this.controllers.get(m.name);
+    if (!controller || !this.bus || !m.unit) return false;
+    try {
+      const owner = await call(this.bus, {
+        destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus',
+        member: 'NameHasOwner', signature: 's', body: [controller], timeoutMs: 5000,
+      });
+      // systemd forgets a controller that left the bus and kills the scope itself
+      if (owner.body[0] !== true) return false;
+      this.bus.send(new dbus.Message({
+        type: dbus.MessageType.SIGNAL, destination: controller, path: `/org/freedesktop/systemd1/unit/${busLabelEscape(m.unit)}`,
+        interface: 'org.freedesktop.systemd1.Scope', member: 'RequestStop',
+      }));
+      return true;
+    } catch {
+      return false;
     }
   }
 
@@ -182,6 +219,7 @@ export class CgroupfsBackend implements ScopeBackend {
   async release(m: Machine): Promise<void> {
     this.unwatch(m);
     this.killSignals.delete(m.name);
+    this.controllers.delete(m.name);
     this.exited.delete(m.name);
     // Only the scopes we created are ours to remove, and only once nothing lives there.
     if (m.ownsScope && m.cgroup && !cgroupPopulated(m.cgroup)) {

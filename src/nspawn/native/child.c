@@ -30,6 +30,7 @@ extern char **environ;
 
 int child_parent_end = -1;
 int child_report_fd = -1;
+int child_bus_fd = -1;
 static int report_sock = -1;
 static const char *root;
 
@@ -629,6 +630,8 @@ void child_main(const struct config *c, int sock)
 		_exit(1); /* the supervisor went away before releasing us */
 	if (child_parent_end >= 0)
 		close(child_parent_end);
+	if (child_bus_fd >= 0)
+		close(child_bus_fd); /* the supervisor has its own copy now */
 	/* no host file descriptor beyond stdio may reach the payload (the supervisor's image lock,
 	 * whatever the launcher inherited): mark them all close-on-exec */
 	if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0)

@@ -26,6 +26,8 @@ int config_parse(struct config *c, int argc, char **argv)
 	c->kill_signal = 9;
 	c->cgroup = "";
 	c->chdir = "";
+	c->bus_address = "";
+	c->bus_fd = -1;
 	int i = 0;
 	while (i < argc) {
 		const char *k = argv[i];
@@ -77,6 +79,12 @@ int config_parse(struct config *c, int argc, char **argv)
 			if (c->n_groups >= sizeof(c->groups) / sizeof(c->groups[0])) die("too many supplementary groups");
 			c->groups[c->n_groups++] = (gid_t)parse_ulong(k, v, 10);
 		} else if (!strcmp(k, "chdir")) c->chdir = v;
+		else if (!strcmp(k, "bus")) c->bus_address = v;
+		else if (!strcmp(k, "bus-fd")) c->bus_fd = (int)parse_ulong(k, v, 10);
+		else if (!strcmp(k, "bus-trust")) {
+			if (c->n_bus_trusted >= sizeof(c->bus_trusted) / sizeof(c->bus_trusted[0])) die("too many trusted bus names");
+			c->bus_trusted[c->n_bus_trusted++] = v;
+		}
 		else if (!strcmp(k, "env")) {
 			if (c->n_env >= MAX_ITEMS - 1) die("too many environment variables");
 			c->env[c->n_env++] = v;
@@ -136,7 +144,7 @@ int config_parse(struct config *c, int argc, char **argv)
 			f->hex = argv[i + 4][0] == 'x';
 			f->content = argv[i + 5];
 			used = 6;
-		} else die("internal: unknown key '%s'", k);
+		} else if (!(used = userns_config_key(c, argc - i, argv + i))) die("internal: unknown key '%s'", k);
 #undef NEED
 		i += used;
 	}

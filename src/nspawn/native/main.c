@@ -2,11 +2,13 @@
  *
  *   run CONFIG -- ARGV            clone the container and supervise it (no hooks to run)
  *   prepare CONFIG -- ARGV        clone the container as a sibling (CLONE_PARENT: a child of the
- *                                 Node launcher), write its id maps, print "PID FD" and exit;
- *                                 the child waits for GO on its socket end FD
+ *                                 Node launcher), write its id maps, print "PID FD BUSFD NAME"
+ *                                 and exit; the child waits for GO on its socket end FD (with
+ *                                 "bus ADDRESS" it also holds a bus connection BUSFD whose unique
+ *                                 name NAME becomes the scope's Controller=; -1 and "-" if none)
  *   supervise PID FD CONFIG -- ARGV   (after the launcher execve()d into us, same PID) take the
- *                                 socket end FD out of PID with pidfd_getfd, place the cgroup,
- *                                 send GO and supervise */
+ *                                 socket end FD (and "bus-fd BUSFD") out of PID with pidfd_getfd,
+ *                                 place the cgroup, send GO and supervise */
 #define _GNU_SOURCE
 #include "nsexec.h"
 
@@ -93,9 +95,11 @@ int main(int argc, char **argv)
 		block_signals();
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
 			die("socketpair: %s", strerror(errno));
+		userns_before_clone(&c);
 		pid_t pid = clone_container(&c, sp[1], sp[0], false);
+		userns_after_clone(&c, pid);
 		close(sp[1]);
-		supervise(&c, pid, sp[0]);
+		supervise(&c, pid, sp[0], -1);
 	}
 	if (!strcmp(mode, "prepare")) {
 		config_parse(&c, argc - 2, argv + 2);
@@ -103,15 +107,23 @@ int main(int argc, char **argv)
 		child_report_fd = 3;
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
 			die("socketpair: %s", strerror(errno));
+		/* a bus connection for the scope's Controller=, opened now so its unique name can be
+		 * registered; the child holds it (like sp[0]) until the supervisor has taken it */
+		char unique[256] = "-";
+		if (*c.bus_address && (child_bus_fd = bus_open(c.bus_address, unique, sizeof(unique))) < 0)
+			strcpy(unique, "-");
 		/* the child keeps sp[0] open (it is a copy of ours) until the supervisor has taken it */
+		userns_before_clone(&c);
 		pid_t pid = clone_container(&c, sp[1], sp[0], true);
-		dprintf(3, "%d %d\n", (int)pid, sp[0]);
+		userns_after_clone(&c, pid);
+		dprintf(3, "%d %d %d %s\n", (int)pid, sp[0], child_bus_fd, unique);
 		_exit(0);
 	}
 	if (!strcmp(mode, "supervise") && argc >= 4) {
 		pid_t pid = (pid_t)atoi(argv[2]);
 		int fd = atoi(argv[3]);
 		config_parse(&c, argc - 4, argv + 4);
+		userns_adopt(&c, pid);
 		block_signals();
 		int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 		if (pidfd < 0)
@@ -119,8 +131,13 @@ int main(int argc, char **argv)
 		int sock = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
 		if (sock < 0)
 			die("failed to take over the container's socket: %s", strerror(errno));
+		int bus = c.bus_fd >= 0 ? (int)syscall(SYS_pidfd_getfd, pidfd, c.bus_fd, 0) : -1;
+		if (c.bus_fd >= 0 && bus < 0)
+			warnx_("cannot take over the bus connection (stop requests become plain kills): %s", strerror(errno));
 		close(pidfd);
-		supervise(&c, pid, sock);
+		supervise(&c, pid, sock, bus);
 	}
+	if (!strcmp(mode, "idmap-probe") && argc == 3)
+		return userns_idmap_probe(argv[2]);
 	die("internal: unknown mode '%s'", mode);
 }

@@ -71,6 +71,10 @@ struct config {
 	size_t n_mounts;
 	struct host_file host_files[64];
 	size_t n_host_files;
+	const char *bus_address; /* prepare: connect here to be the scope's Controller= ("" = no) */
+	int bus_fd;              /* supervise: the connection's fd in the container child (-1 = none) */
+	const char *bus_trusted[8]; /* unique names whose RequestStop is obeyed */
+	size_t n_bus_trusted;
 	char *const *argv; /* payload argv (NULL-terminated); may be empty */
 	size_t argc;
 };
@@ -93,9 +97,14 @@ int send_fds(int sock, char tag, const char *text, const int *fds, size_t n_fds)
 ssize_t recv_fds(int sock, char *buf, size_t len, int *fds, size_t *n_fds);
 const char *signal_name(int sig);
 
+/* bus.c: a scope controller's D-Bus connection */
+int bus_open(const char *address, char *unique, size_t unique_len);
+int bus_dispatch(int fd, const char *const *trusted, size_t n_trusted);
+
 /* child.c: runs in the cloned container child; never returns. */
 extern int child_report_fd; /* prepare mode: the launcher's report pipe, not the container's business */
 extern int child_parent_end; /* the supervisor's socket end, closed by the child after GO */
+extern int child_bus_fd; /* prepare: the controller's bus connection, held until GO */
 void child_main(const struct config *c, int sock) __attribute__((noreturn));
 
 /* cgroup.c */
@@ -106,8 +115,15 @@ int cgroup_mount_inside(const char *root, bool userns);
 /* seccomp.c */
 int seccomp_install_default(void);
 
+/* userns.c: range picking and the root view (keys userns-pick, userns-root) */
+int userns_config_key(struct config *c, int argc, char **argv);
+void userns_before_clone(struct config *c);
+void userns_after_clone(const struct config *c, pid_t pid);
+void userns_adopt(struct config *c, pid_t pid);
+int userns_idmap_probe(const char *path);
+
 /* supervisor.c */
-int supervise(const struct config *c, pid_t leader, int sock) __attribute__((noreturn));
+int supervise(const struct config *c, pid_t leader, int sock, int bus) __attribute__((noreturn));
 
 /* stub-init.c */
 void stub_init_run(pid_t payload) __attribute__((noreturn));

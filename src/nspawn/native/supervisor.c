@@ -106,6 +106,16 @@ static long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Ask PID 1 to stop with the kill signal. Returns true when that has to wait: unlike nspawn, do
+ * not lose the signal to a guest init that is still starting (see catches()). */
+static bool request_stop(const struct config *c, pid_t leader)
+{
+	if (c->kill_signal != SIGKILL && !catches(leader, c->kill_signal))
+		return true;
+	kill(leader, c->kill_signal);
+	return false;
+}
+
 static void finish(const struct config *c, int status, bool setup_failed, bool killed_by_escape) __attribute__((noreturn));
 static void finish(const struct config *c, int status, bool setup_failed, bool killed_by_escape)
 {
@@ -146,7 +156,7 @@ static void finish(const struct config *c, int status, bool setup_failed, bool k
 	_exit(1);
 }
 
-int supervise(const struct config *c, pid_t leader, int sock)
+int supervise(const struct config *c, pid_t leader, int sock, int bus)
 {
 	sigset_t mask;
 	sigemptyset(&mask);
@@ -189,10 +199,11 @@ int supervise(const struct config *c, pid_t leader, int sock)
 	bool exited = false;
 
 	while (!exited) {
-		struct pollfd p[5];
+		struct pollfd p[6];
 		int n = 0;
 		int i_sig = n; p[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-		int i_sock = -1, i_master = -1, i_stdin = -1, i_notify = -1;
+		int i_sock = -1, i_master = -1, i_stdin = -1, i_notify = -1, i_bus = -1;
+		if (bus >= 0) { i_bus = n; p[n++] = (struct pollfd){ .fd = bus, .events = POLLIN }; }
 		if (sock >= 0) { i_sock = n; p[n++] = (struct pollfd){ .fd = sock, .events = POLLIN }; }
 		if (master >= 0) { i_master = n; p[n++] = (struct pollfd){ .fd = master, .events = POLLIN }; }
 		if (master >= 0 && stdin_open) { i_stdin = n; p[n++] = (struct pollfd){ .fd = 0, .events = POLLIN }; }
@@ -243,6 +254,22 @@ int supervise(const struct config *c, pid_t leader, int sock)
 				buf[r] = '\0';
 				dprintf(2, "mctl-nspawn: %s\n", buf + 1);
 				setup_failed = true;
+			}
+		}
+		if (i_bus >= 0 && p[i_bus].revents) {
+			int r = bus_dispatch(bus, c->bus_trusted, c->n_bus_trusted);
+			if (r < 0) {
+				/* the bus went away: systemd forgets a vanished controller and kills by itself */
+				close(bus);
+				bus = -1;
+			} else if (r > 0 && kill_requests++ == 0) {
+				/* the scope is being stopped (systemctl stop, machinectl terminate): as nspawn */
+				if (!c->quiet)
+					dprintf(2, "Container termination requested. Attempting to halt container %s.\n", c->name);
+				if (!ready)
+					kill(leader, SIGKILL);
+				else
+					stop_pending = request_stop(c, leader);
 			}
 		}
 		if (i_master >= 0 && p[i_master].revents) {
@@ -318,11 +345,7 @@ int supervise(const struct config *c, pid_t leader, int sock)
 					else {
 						if (!c->quiet && c->kill_signal != SIGKILL)
 							dprintf(2, "Trying to halt container %s. Send SIGTERM again to trigger immediate termination.\n", c->name);
-						/* unlike nspawn, do not lose it to a guest init that is still starting */
-						if (c->kill_signal != SIGKILL && !catches(leader, c->kill_signal))
-							stop_pending = true;
-						else
-							kill(leader, c->kill_signal);
+						stop_pending = request_stop(c, leader);
 					}
 					break;
 				}
