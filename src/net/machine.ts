@@ -15,13 +15,15 @@ import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
 import { siphash24, hexKey } from './siphash.js';
 import { generateMac, hostVethName, zoneBridgeName, MAC_KEYS, isValidZoneName, shortenIfname } from './names.js';
-import { bridgeMembers, deleteLinkIfExists, getLink, isValidIfname } from './ip.js';
+import { bridgeMembers, isValidIfname } from './ip.js';
 import { machineRulesScript, deleteMachineRules, deleteTableIfEmpty, type MachineRule } from './nft.js';
-import { runSetupScript } from './setup-script.js';
+import { applyLinkPlan } from './links.js';
 import { LockFile, isLockFree } from './lockfile.js';
 import { netConfig, slotCount, slotSubnet, formatIPv4, formatIPv6, type NetConfig } from './config.js';
 import { portForwardRules, assertNoDuplicatePorts, type PortForward } from './ports.js';
-import { ToolError } from './exec.js';
+import { SysError } from '../sys/errno.js';
+import { NftError } from '../sys/nftables.js';
+import { RtNetlink } from '../sys/netlink.js';
 
 export interface VethExtra {
   host: string;
@@ -224,10 +226,32 @@ function hostAddr(net4: number, n: number): string {
   return formatIPv4((net4 + n) >>> 0);
 }
 
-async function checkLinkExists(name: string, what: string, kind?: string): Promise<void> {
-  const link = await getLink(name);
+function withHostNetlink<T>(fn: (nl: RtNetlink) => T): T {
+  const nl = RtNetlink.open();
+  try {
+    return fn(nl);
+  } finally {
+    nl.close();
+  }
+}
+
+function linkExists(name: string): boolean {
+  return withHostNetlink((nl) => nl.getLink(name) !== null);
+}
+
+async function deleteLinkIfExists(name: string): Promise<boolean> {
+  const nl = RtNetlink.open();
+  try {
+    return await nl.deleteLink(name);
+  } finally {
+    nl.close();
+  }
+}
+
+function checkLinkExists(name: string, what: string, kind?: string): void {
+  const link = withHostNetlink((nl) => nl.getLink(name));
   if (!link) throw new UserError(`${what} '${name}' does not exist`);
-  if (kind && link.linkinfo?.info_kind !== kind) throw new UserError(`${what} '${name}' is not a ${kind}`);
+  if (kind && link.kind !== kind) throw new UserError(`${what} '${name}' is not a ${kind}`);
 }
 
 function writeSysctl(path: string, value: string): void {
@@ -242,8 +266,8 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
   for (const x of req.vethExtra) {
     for (const n of [x.host, x.container]) if (!isValidIfname(n)) throw new UserError(`invalid interface name '${n}' in --network-veth-extra`);
   }
-  if (req.bridge) await checkLinkExists(req.bridge, 'bridge', 'bridge');
-  for (const i of [...req.interfaces, ...req.macvlan, ...req.ipvlan]) await checkLinkExists(i, 'network interface');
+  if (req.bridge) checkLinkExists(req.bridge, 'bridge', 'bridge');
+  for (const i of [...req.interfaces, ...req.macvlan, ...req.ipvlan]) checkLinkExists(i, 'network interface');
   const mode: MachineNetState['mode'] = req.zone ? 'zone' : req.bridge ? 'bridge' : req.veth ? 'veth' : 'none';
   const autoAddr = req.auto && (mode === 'veth' || mode === 'zone');
   if (req.ports.length > 0 && !autoAddr) {
@@ -301,76 +325,37 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
       // Recorded before anything exists, so a crash half-way is still collectable.
       writeState(cfg, s);
 
-      const host: string[] = [];
-      if (main) {
-        const macHost = generateMac(machine, MAC_KEYS.host);
-        const macCont = generateMac(machine, MAC_KEYS.container);
-        host.push(`link add ${main.name} address ${macHost} type veth peer name host0 address ${macCont} netns ${req.leaderPid}`);
-        if (main.altName) host.push(`link property add dev ${main.name} altname ${main.altName}`);
-      }
-      req.vethExtra.forEach((x, idx) => {
-        const mh = generateMac(machine, MAC_KEYS.extraHost, idx);
-        const mc = generateMac(machine, MAC_KEYS.extraContainer, idx);
-        host.push(`link add ${x.host} address ${mh} type veth peer name ${x.container} address ${mc} netns ${req.leaderPid}`);
-      });
-      if (zoneBridge && !(await getLink(zoneBridge.name))) {
-        host.push(`link add ${zoneBridge.name} type bridge`);
-        if (zoneBridge.altName) host.push(`link property add dev ${zoneBridge.name} altname ${zoneBridge.altName}`);
-      }
-      if (main && bridge) host.push(`link set ${main.name} master ${bridge}`);
-      if (zoneBridge) host.push(`link set ${zoneBridge.name} up`);
       const gwIf = zoneBridge?.name ?? main?.name ?? null;
-      if (sub && s.ipv4 && s.ipv6 && gwIf) {
-        const has = zoneBridge ? others.some((o) => o.zone === req.zone && o.slot !== null) : false;
-        if (!has) {
-          host.push(`addr replace ${s.ipv4.gateway}/${s.ipv4.prefix} dev ${gwIf}`);
-          host.push(`addr replace ${s.ipv6.gateway}/64 dev ${gwIf} nodad`);
-        }
-      }
-      req.interfaces.forEach((i) => host.push(`link set dev ${i} netns ${req.leaderPid}`));
-      req.macvlan.forEach((i) => {
-        const n = shortenIfname(`mv-${i}`).name;
-        host.push(`link add link ${i} name ${n} address ${generateMac(`${machine}${i}`, MAC_KEYS.macvlan)} netns ${req.leaderPid} type macvlan mode bridge`);
-      });
-      req.ipvlan.forEach((i) => host.push(`link add link ${i} name ${shortenIfname(`iv-${i}`).name} netns ${req.leaderPid} type ipvlan mode l2`));
-      if (main) host.push(`link set ${main.name} up`);
-      for (const x of req.vethExtra) host.push(`link set ${x.host} up`);
-      // The nft rules match links by name, so they need not wait for the links: run the nft
-      // transaction alongside the host-side and then the container-side `ip -batch`.
+      const auto = sub && s.ipv4 && s.ipv6 && gwIf ? { ipv4: s.ipv4, ipv6: s.ipv6, gwIf, sub } : null;
+      // The first member of a zone gives the bridge its gateway addresses.
+      const zoneHasAddresses = zoneBridge ? others.some((o) => o.zone === req.zone && o.slot !== null) : false;
       let rules: MachineRule[] = [];
-      if (sub && s.ipv4 && s.ipv6 && gwIf) {
-        const net4 = `${formatIPv4(sub.net4)}/${sub.prefix4}`;
-        const net6 = `${formatIPv6(sub.net6)}/64`;
+      if (auto) {
+        const net4 = `${formatIPv4(auto.sub.net4)}/${auto.sub.prefix4}`;
+        const net6 = `${formatIPv6(auto.sub.net6)}/64`;
         rules = [
           { chain: 'postrouting', rule: `ip saddr ${net4} ip daddr != ${net4} masquerade` },
           { chain: 'postrouting', rule: `ip6 saddr ${net6} ip6 daddr != ${net6} masquerade` },
-          ...portForwardRules(req.ports, { ipv4: s.ipv4.address, ipv6: s.ipv6.address, hostIf: gwIf }),
+          ...portForwardRules(req.ports, { ipv4: auto.ipv4.address, ipv6: auto.ipv6.address, hostIf: auto.gwIf }),
         ];
-      }
-      const auto = sub && s.ipv4 && s.ipv6 && gwIf ? { ...s, ipv4: s.ipv4, ipv6: s.ipv6 } : null;
-      if (auto) {
+        // Routing between the container links and the uplink (see docs/networking.md, "What mctl changes on the host").
         writeSysctl('ipv4/ip_forward', '1');
         writeSysctl('ipv6/conf/all/forwarding', '1');
       }
-      // One process for all of it (see setup-script.ts): nft in parallel with the host-side and
-      // then the container-side ip batch, then the watcher.
-      await runSetupScript({
-        nft: machineRulesScript(cfg.table, machine, rules),
-        host,
+      await applyLinkPlan({
+        leaderPid: req.leaderPid,
+        main: main ? { ...main, mac: generateMac(machine, MAC_KEYS.host), peer: 'host0', peerMac: generateMac(machine, MAC_KEYS.container) } : null,
+        extras: req.vethExtra.map((x, idx) => ({ name: x.host, mac: generateMac(machine, MAC_KEYS.extraHost, idx), peer: x.container, peerMac: generateMac(machine, MAC_KEYS.extraContainer, idx) })),
+        createBridge: zoneBridge && !linkExists(zoneBridge.name) ? zoneBridge : null,
+        bridge,
+        gateway: auto && !zoneHasAddresses ? { ifname: auto.gwIf, ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
+        container: auto ? { ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
+        interfaces: req.interfaces,
+        macvlan: req.macvlan.map((i) => ({ parent: i, name: shortenIfname(`mv-${i}`).name, mac: generateMac(`${machine}${i}`, MAC_KEYS.macvlan) })),
+        ipvlan: req.ipvlan.map((i) => ({ parent: i, name: shortenIfname(`iv-${i}`).name })),
         // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
-        sysctls: auto && req.ports.length > 0 && gwIf ? [[`ipv4/conf/${gwIf}/route_localnet`, '1']] : [],
-        // lo always (as nspawn's loopback_setup does); host0 and its addresses with auto.
-        container: auto
-          ? [
-              'link set lo up',
-              'link set host0 up',
-              `addr add ${auto.ipv4.address}/${auto.ipv4.prefix} dev host0`,
-              `addr add ${auto.ipv6.address}/64 dev host0 nodad`,
-              `route add default via ${auto.ipv4.gateway} dev host0`,
-              `route add ::/0 via ${auto.ipv6.gateway} dev host0`,
-            ]
-          : ['link set lo up'],
-        netns: `/proc/${req.leaderPid}/ns/net`,
+        sysctls: auto && req.ports.length > 0 ? [[`ipv4/conf/${auto.gwIf}/route_localnet`, '1']] : [],
+        nft: machineRulesScript(cfg.table, machine, rules),
         watcher: req.collector ? collectorCommand(machine, cfg) : null,
       });
       return s;
@@ -380,7 +365,7 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
     const s = readMachineNetState(machine, cfg);
     if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
     lock.release(true);
-    if (err instanceof ToolError) throw new UserError(`network setup for '${machine}' failed: ${err.message}`);
+    if (err instanceof SysError || err instanceof NftError) throw new UserError(`network setup for '${machine}' failed: ${err.message}`);
     throw err;
   }
   const done = state;

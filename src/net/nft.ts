@@ -1,8 +1,9 @@
 // nftables, only ever inside mctl's own table (`table inet mctl` by default). We never list,
 // flush or edit any other table, so Docker's, firewalld's or the admin's rules are untouched.
 // Every rule carries the comment "mctl:NAME" of the machine it belongs to, and is removed
-// together with that machine's other rules in one nft transaction (atomic).
-import { runTool, ToolError } from './exec.js';
+// together with that machine's other rules in one nft transaction (atomic). The commands go to
+// libnftables in-process (src/sys/nftables.ts), not to the nft program.
+import { nftRunAsync, NftError, NFT_OUTPUT } from '../sys/nftables.js';
 
 export type NatChain = 'prerouting' | 'output' | 'postrouting';
 
@@ -28,7 +29,7 @@ export function isValidTableName(name: string): boolean {
 }
 
 async function nftScript(script: string): Promise<void> {
-  await runTool(['nft', '-f', '-'], script);
+  await nftRunAsync(script);
 }
 
 function ensureTableScript(table: string): string[] {
@@ -66,9 +67,9 @@ interface RuleRef {
 export async function listTableRules(table: string): Promise<RuleRef[] | null> {
   let out: string;
   try {
-    out = await runTool(['nft', '-j', '-a', 'list', 'table', 'inet', table]);
+    out = await nftRunAsync(`list table inet ${table}`, NFT_OUTPUT.JSON | NFT_OUTPUT.HANDLE);
   } catch (err) {
-    if (err instanceof ToolError && /No such file or directory/.test(err.stderr)) return null;
+    if (err instanceof NftError && /No such file or directory/.test(err.detail)) return null;
     throw err;
   }
   const items = (JSON.parse(out) as { nftables: NftJsonRule[] }).nftables;
