@@ -107,7 +107,8 @@ export function helperArgs(spec: ContainerSpec, user: ResolvedUser, env: readonl
     'chdir', spec.payload.chdir ?? (spec.payload.kind === 'command' && spec.payload.argv.length === 0 ? user.home : '/'),
   ];
   const userns = spec.namespaces.userNamespace;
-  if (userns) a.push('userns', String(userns.uidShift), String(userns.uidRange));
+  if (userns) a.push(...(userns.pickLockDir ? ['userns-pick', userns.pickLockDir] : ['userns', String(userns.uidShift), String(userns.uidRange)]));
+  if (userns?.rootView) a.push('userns-root', userns.rootView.kind, userns.rootView.at);
   for (const g of user.groups) a.push('group', String(g));
   for (const e of env) a.push('env', e);
   a.push('host-file', 'container-manager', '644', '755', 't', `${spec.containerManager}\n`);

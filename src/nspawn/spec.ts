@@ -44,6 +44,10 @@ export interface PayloadSpec {
 export interface UserNamespaceSpec {
   uidShift: number;
   uidRange: number;
+  /** Let the native helper pick a free 64 Ki range (locks in this directory; uidShift is ignored). */
+  pickLockDir?: string;
+  /** The root as the container sees it: an idmapped or plain clone of the tree, attached at `at` inside its mount namespace only. */
+  rootView?: { kind: 'idmap' | 'bind'; at: string };
 }
 
 export interface NamespaceSpec {
