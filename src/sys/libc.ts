@@ -4,8 +4,8 @@
 // Bindings are loaded on first use: `--version` and `--help` must not pay koffi's ~15 ms.
 // Thread caveat (see DESIGN.md): unshare/setns/capset/prctl/chdir act on the calling thread
 // only; callers that need a whole process in new namespaces use the native launcher instead.
-import { createRequire } from 'node:module';
 import { SysError } from './errno.js';
+import { loadKoffi } from './koffi.js';
 
 type KoffiFn = (...args: unknown[]) => unknown;
 interface Koffi {
@@ -17,8 +17,6 @@ interface Koffi {
   out(type: unknown): unknown;
   inout(type: unknown): unknown;
 }
-
-const requireCjs = createRequire(import.meta.url);
 
 export const MS = {
   RDONLY: 0x1,
@@ -112,7 +110,7 @@ let cached: Bindings | undefined;
 
 function lib(): Bindings {
   if (cached) return cached;
-  const koffi = requireCjs('koffi') as Koffi;
+  const koffi = loadKoffi<Koffi>(); // the native module directly: see koffi.ts
   const c = koffi.load('libc.so.6');
   const capHeader = koffi.struct('mctl_cap_header', { version: 'uint32', pid: 'int' });
   const capData = koffi.struct('mctl_cap_data', { effective: 'uint32', permitted: 'uint32', inheritable: 'uint32' });

@@ -9,7 +9,7 @@
 // kernel's extended-ack text when it sent one, e.g. `create veth(ve-x): EEXIST (File exists)`.
 import { closeSync, openSync, constants as fsConstants } from 'node:fs';
 import { getSystemErrorMap } from 'node:util';
-import { createRequire } from 'node:module';
+import { loadKoffi } from './koffi.js';
 import { SysError, errnoNumber } from './errno.js';
 import { setns, CLONE } from './libc.js';
 
@@ -31,7 +31,7 @@ let calls: SocketCalls | undefined;
 
 function socketCalls(): SocketCalls {
   if (calls) return calls;
-  const koffi = createRequire(import.meta.url)('koffi') as Koffi;
+  const koffi = loadKoffi<Koffi>();
   const c = koffi.load('libc.so.6');
   calls = {
     koffi,

@@ -5,7 +5,7 @@
 //
 // preloadNftables() dlopens the library on a worker thread ahead of need (it pulls in libnftnl,
 // libmnl, libjansson, libgmp …: ≈2 ms of loading that then no longer sits in the critical path).
-import { createRequire } from 'node:module';
+import { loadKoffi } from './koffi.js';
 
 type KoffiFn = ((...args: unknown[]) => unknown) & { async(...args: unknown[]): void };
 interface KoffiLib {
@@ -36,7 +36,7 @@ let calls: Calls | undefined;
 let preload: Promise<void> | undefined;
 
 function koffi(): Koffi {
-  return createRequire(import.meta.url)('koffi') as Koffi;
+  return loadKoffi<Koffi>();
 }
 
 /** Start loading libnftables on a worker thread; later calls find it loaded. Never throws. */
