@@ -3,11 +3,11 @@
 // container's network namespace, on the container's side; the nft transaction through
 // libnftables on a worker thread meanwhile (the rules match links by name, so they need not
 // wait for them); then the watcher that collects after the launcher's end. No program runs in
-// the critical path except the watcher's start, which is not waited for.
+// the critical path; the watcher is started with posix_spawn (no fork of Node) and not waited for.
 import { writeFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { RtNetlink } from '../sys/netlink.js';
 import { nftRunAsync } from '../sys/nftables.js';
+import { spawnDetached } from '../sys/spawn.js';
 import type { AddressPair } from './machine.js';
 
 export interface VethPlan {
@@ -89,10 +89,12 @@ function configureContainer(p: LinkPlan): void {
   }
 }
 
-function startWatcher(w: NonNullable<LinkPlan['watcher']>): void {
+/** The watcher: `sh` waiting in flock(1) for the machine lock, then exec'ing the collector. */
+export function startWatcher(w: NonNullable<LinkPlan['watcher']>): number {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
   // flock(1) keeps holding the lock while its command runs, so wait with `true` and only then collect.
-  const child = spawn('sh', ['-c', 'flock -x "$0" true; exec "$@"', w.lock, ...w.argv], { detached: true, stdio: 'ignore', env: { ...process.env, ...w.env } });
-  child.unref();
+  return spawnDetached(['sh', '-c', 'flock -x "$0" true; exec "$@"', w.lock, ...w.argv], { ...env, ...w.env });
 }
 
 /** Apply the plan. On failure, throws after the nft transaction settled (so undo sees all of it). */

@@ -10,19 +10,18 @@
 // allocation collects such leftovers first, so a SIGKILLed launcher never leaks addresses.
 import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
 import { siphash24, hexKey } from './siphash.js';
 import { generateMac, hostVethName, zoneBridgeName, MAC_KEYS, isValidZoneName, shortenIfname } from './names.js';
 import { bridgeMembers, isValidIfname } from './ip.js';
 import { machineRulesScript, deleteMachineRules, deleteTableIfEmpty, type MachineRule } from './nft.js';
-import { applyLinkPlan } from './links.js';
+import { applyLinkPlan, startWatcher } from './links.js';
 import { LockFile, isLockFree } from './lockfile.js';
 import { netConfig, slotCount, slotSubnet, formatIPv4, formatIPv6, type NetConfig } from './config.js';
 import { portForwardRules, assertNoDuplicatePorts, type PortForward } from './ports.js';
 import { SysError } from '../sys/errno.js';
-import { NftError } from '../sys/nftables.js';
+import { NftError, preloadNftables } from '../sys/nftables.js';
 import { RtNetlink } from '../sys/netlink.js';
 
 export interface VethExtra {
@@ -258,6 +257,11 @@ function writeSysctl(path: string, value: string): void {
   writeFileSync(`/proc/sys/net/${path}`, value);
 }
 
+/** Start loading what setupMachineNetwork needs (on worker threads), ahead of the container's creation. */
+export function preloadNetworkLibraries(): void {
+  void preloadNftables();
+}
+
 /** Set up everything for one machine whose network namespace exists (leaderPid is inside it). */
 export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetConfig = netConfig()): Promise<MachineNetwork> {
   const { machine } = req;
@@ -406,11 +410,7 @@ export function collectorCommand(machine: string, cfg: NetConfig = netConfig()):
   return { lock: lockPath(cfg, machine), argv, env: { MCTL_NET_STATE_DIR: cfg.stateDir, MCTL_NET_TABLE: cfg.table } };
 }
 
-/** Start the watcher on its own (setupMachineNetwork does it as part of its one setup process). */
+/** Start the watcher on its own (setupMachineNetwork does it as part of the setup). */
 export function spawnCollector(machine: string, cfg: NetConfig = netConfig()): number {
-  const c = collectorCommand(machine, cfg);
-  // flock(1) keeps holding the lock while its command runs, so wait with `true` and only then collect.
-  const child = spawn('sh', ['-c', 'flock -x "$0" true; exec "$@"', c.lock, ...c.argv], { detached: true, stdio: 'ignore', env: { ...process.env, ...c.env } });
-  child.unref();
-  return child.pid ?? 0;
+  return startWatcher(collectorCommand(machine, cfg));
 }

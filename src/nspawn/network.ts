@@ -2,8 +2,7 @@
 // [Network]/PrivateUsers keys), nspawn's conflict rules, and the hooks that set the network up
 // once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
 // src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
-import { lstatSync, lchownSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { UserError } from '../common/errors.js';
 // Only the light parsers are loaded up front; the machinery is imported when a container needs it.
 import { isValidIfname } from '../net/ip.js';
@@ -12,6 +11,7 @@ import { parsePortForward, assertNoDuplicatePorts, type PortForward } from '../n
 import type { VethExtra, MachineLinks, MachineNetwork } from '../net/machine.js';
 import { parsePrivateUsers, parseOwnership, type PrivateUsers, type Ownership } from './userns.js';
 import type { NetworkSettings as FileNetworkKeys } from './settings.js';
+import type { UserNamespaceSpec } from './spec.js';
 
 /** Network settings as given (undefined = not given, for the .nspawn merge: nspawn treats them as one group). */
 export interface NetworkSettings {
@@ -187,10 +187,14 @@ export interface NetworkRuntime {
 
 export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRuntime {
   let net: MachineNetwork | null = null;
+  // Loaded now, used once the namespaces exist: libnftables' dlopen runs on a worker thread
+  // while the container is being created, out of the start's critical path.
+  const machinery = needsHostSetup(plan) ? import('../net/machine.js').then((m) => (m.preloadNetworkLibraries(), m)) : null;
+  machinery?.catch(() => undefined); // reported by afterNamespaces, if it gets that far
   return {
     async afterNamespaces(leaderPid: number) {
-      if (!needsHostSetup(plan)) return;
-      const { setupMachineNetwork } = await import('../net/machine.js');
+      if (!machinery) return;
+      const { setupMachineNetwork } = await machinery;
       const { privateNetwork: _private, namespacePath: _path, ...links } = plan;
       net = await setupMachineNetwork({ ...links, machine, leaderPid, collector: true });
     },
@@ -219,8 +223,9 @@ export interface NetUsernsSetup {
   privateNetwork: boolean;
   /** veth/zone with mctl's addressing: the container reaches what the host reaches (resolv.conf like the host's). */
   hostLikeConnectivity: boolean;
-  userNamespace: { uidShift: number; uidRange: number } | null;
-  /** The root to hand to the runtime (an idmapped view of the tree with ownership=map). */
+  /** The map (or the request to pick one) and the container-only root view the helper attaches. */
+  userNamespace: UserNamespaceSpec | null;
+  /** The root to hand to the runtime (the tree itself: the helper redirects to the view). */
   root: string;
   afterNamespaces: Array<(leaderPid: number) => Promise<void>>;
   onAbort: Array<() => Promise<void>>;
@@ -239,28 +244,12 @@ export interface NetUsernsInput {
   treeWritable: boolean;
 }
 
-/** Mount points of idmapped roots (NAME.PID, PID = the launcher that becomes the supervisor). */
-const IDMAP_DIR = '/run/mctl-idmap'; // not under /run/mctl: that may be 0700, and the container's root must traverse it
-
-function shiftFiles(root: string, paths: readonly string[], shift: number): void {
-  for (const p of paths) {
-    const full = join(root, p);
-    try {
-      const st = lstatSync(full);
-      if (st.uid < 0x10000) lchownSync(full, (st.uid | shift) >>> 0, (st.gid | shift) >>> 0);
-    } catch {
-      /* not there */
-    }
-  }
-}
-
 export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<NetUsernsSetup> {
   const plan = resolveNetwork(input.network);
   if (plan.namespacePath) {
     // Joining an existing namespace needs setns() in the runtime before the container forks; not there yet.
     throw new UserError('--network-namespace-path= is not supported by this build yet');
   }
-  const { resolveUidRange, ownershipPlan, chownTree, makeUserns, mountIdmapped, bindRoot, sweepIdmapDirs, ensurePrivateMountDir } = await import('./userns.js');
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];
   const cleanup = async (): Promise<void> => {
@@ -285,45 +274,15 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
   };
   const keep: Array<() => void> = [];
   try {
-    const range = resolveUidRange(privateUsers, input.machineName, input.root);
-    if (range) {
-      if (range.lock) {
-        const lock = range.lock;
-        undo.push(() => lock.release(true));
-        keep.push(() => void lock.keepAcrossExec());
+    if (privateUsers.mode !== 'no') {
+      // The range lock (pick) is taken and held by the native helper, the root view made by it
+      // inside the container's mount namespace: nothing here to undo or hand over.
+      const { planUserNamespace } = await import('./userns.js');
+      const users = await planUserNamespace(privateUsers, input.userns?.ownership, input.root, input.treeWritable);
+      if (users) {
+        setup.userNamespace = users.userNamespace;
+        if (users.afterNamespaces) setup.afterNamespaces.push(users.afterNamespaces);
       }
-      setup.userNamespace = { uidShift: range.shift, uidRange: range.range };
-      const ownership = ownershipPlan(input.userns?.ownership ?? (privateUsers.mode === 'pick' ? 'auto' : 'off'), input.root, range.shift);
-      // The runtime enters the tree as the container's root, unprivileged on the host: give it a
-      // path it can traverse (an idmapped view for map, a plain bind otherwise).
-      ensurePrivateMountDir(IDMAP_DIR);
-      sweepIdmapDirs(IDMAP_DIR);
-      const at = `${IDMAP_DIR}/${input.machineName}.${process.pid}`;
-      let view: ReturnType<typeof bindRoot> | null = null;
-      if (ownership === 'map' || ownership === 'map?') {
-        const ns = await makeUserns(range.shift, range.range);
-        try {
-          view = mountIdmapped(input.root, at, ns.fd);
-        } catch (err) {
-          if (ownership === 'map') throw new UserError(`--private-users-ownership=map: idmapped mounts are not supported for ${input.root} (${err instanceof Error ? err.message : String(err)})`);
-        } finally {
-          ns.close();
-        }
-      }
-      if (!view) {
-        if (ownership === 'chown' || ownership === 'map?') {
-          if (!input.treeWritable) throw new UserError('--private-users-ownership=chown needs a writable tree', { hint: 'use map, or --ephemeral' });
-          chownTree(input.root, range.shift);
-          // Files the launcher (re)wrote into an already shifted tree this run (resolv.conf, localtime …).
-          shiftFiles(input.root, ['etc/resolv.conf', 'etc/localtime', 'etc/hostname', 'etc/machine-id'], range.shift);
-        }
-        view = bindRoot(input.root, at);
-      }
-      const m = view;
-      undo.push(() => m.release());
-      setup.root = m.path;
-      // The container's mount namespace holds its own copy from now on; ours can go.
-      setup.afterNamespaces.push(async () => m.release(false));
     }
     if (needsHostSetup(plan)) {
       const runtime = networkRuntime(input.machineName, plan);
