@@ -1,25 +1,18 @@
 // Private user namespaces: --private-users= and --private-users-ownership= with nspawn's
-// semantics (systemd.md §3.4). The policy lives here; the launcher creates the namespace with
-// the map we compute and keeps our range lock open for the container's whole life.
-//
-// pick: 64 Ki-sized ranges between 0x80000 and 0x6FFF0000. A range is ours while we hold the
-// lock file /run/systemd/nspawn-uid/<base> (OFD lock, the kind stock systemd-nspawn takes, so
-// stock nspawn and mctl never hand out the same range), and only if NSS knows no user or group
-// at its first and last ID.
-import { randomBytes } from 'node:crypto';
-import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, mkdirSync, rmdirSync, closeSync, openSync, readlinkSync, writeFileSync, readFileSync, constants } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { spawn } from 'node:child_process';
+// semantics (systemd.md §3.4). The policy lives here; the native helper (native/userns.c) picks
+// a range for `pick` (lock files + NSS, next to the clone, so Node never loads koffi for it),
+// creates the namespace with that map, and gives the container its root as an idmapped (map) or
+// plain clone of the tree attached only inside the container's mount namespace.
+import { lstatSync, lchownSync, chmodSync, readdirSync, statSync, statfsSync, mkdirSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { join } from 'node:path';
 import { UserError } from '../common/errors.js';
-import { siphash24, hexKey } from '../net/siphash.js';
-import { LockFile } from '../net/lockfile.js';
-import { userIdExists, groupIdExists, lgetxattr, lsetxattr, openTree, moveMount, mountSetattr, umount2, mount, OPEN_TREE, AT, MOUNT_ATTR, MNT, MS } from '../sys/libc.js';
+import { lgetxattr, lsetxattr } from '../sys/libc.js';
+import type { UserNamespaceSpec } from './spec.js';
 
 export const UID_RANGE = 0x10000;
 export const UID_BASE_MIN = 0x00080000;
 export const UID_BASE_MAX = 0x6fff0000;
-const PICK_KEY = hexKey('e156e0f04af041af9641cf413394ff72');
-const PICK_TRIES = 100;
 
 export type PrivateUsers =
   | { mode: 'no' }
@@ -58,20 +51,6 @@ export function parseOwnership(text: string): Ownership {
   throw new UserError(`invalid --private-users-ownership '${text}'`, { hint: 'expected off, chown, map or auto' });
 }
 
-export interface UidRange {
-  shift: number;
-  range: number;
-  /** Held for the container's life when the range was picked (null for fixed ranges). */
-  lock: LockFile | null;
-}
-
-export interface PickOptions {
-  /** Where range locks live (stock nspawn's directory by default, shared on purpose). */
-  lockDir?: string;
-  /** Test hook: the candidates after the first two (default: random). */
-  random?: () => number;
-}
-
 export function uidLockDir(env: NodeJS.ProcessEnv = process.env): string {
   return env['MCTL_UID_LOCK_DIR'] || '/run/systemd/nspawn-uid';
 }
@@ -84,52 +63,28 @@ export function treeShift(root: string): number | null {
   return shift >>> 0;
 }
 
-function inRange(base: number): boolean {
-  return base >= UID_BASE_MIN && base <= UID_BASE_MAX && base % UID_RANGE === 0;
-}
-
-/** Fold any 32/64-bit value into an aligned base inside the allowed window. */
-function foldCandidate(v: bigint): number {
-  return Number((v % BigInt(UID_BASE_MAX - UID_BASE_MIN)) + BigInt(UID_BASE_MIN)) & 0xffff0000;
-}
-
-/** nspawn's pick: image owner first, then siphash24(name), then random; lock + NSS checks. */
-export function pickUidRange(machine: string, root: string | null, opts: PickOptions = {}): UidRange {
-  const lockDir = opts.lockDir ?? uidLockDir();
-  const random = opts.random ?? ((): number => randomBytes(4).readUInt32LE(0));
-  let candidate: number | null = root ? treeShift(root) : null;
-  for (let attempt = 0; attempt < PICK_TRIES; attempt++) {
-    if (candidate !== null && inRange(candidate >>> 0)) {
-      const base = candidate >>> 0;
-      const lock = LockFile.tryAcquire(join(lockDir, String(base)));
-      if (lock) {
-        const taken = userIdExists(base) || userIdExists(base + 0xfffe) || groupIdExists(base) || groupIdExists(base + 0xfffe);
-        if (!taken) return { shift: base, range: UID_RANGE, lock };
-        lock.release(true);
-      }
-    }
-    candidate = attempt === 0 ? foldCandidate(siphash24(machine, PICK_KEY)) : foldCandidate(BigInt(random()));
-  }
-  throw new UserError('no free UID range for the container after 100 attempts (EBUSY)');
-}
-
-/** Resolve --private-users into a concrete map (null = no user namespace). */
-export function resolveUidRange(setting: PrivateUsers, machine: string, root: string, opts: PickOptions = {}): UidRange | null {
+/** A range known before the start (null for pick, which the native helper resolves). */
+export function fixedRange(setting: Exclude<PrivateUsers, { mode: 'no' }>, root: string): { shift: number; range: number } | null {
   switch (setting.mode) {
-    case 'no':
-      return null;
     case 'identity':
-      return { shift: 0, range: UID_RANGE, lock: null };
+      return { shift: 0, range: UID_RANGE };
     case 'fixed':
-      return { shift: setting.shift, range: setting.range, lock: null };
+      return { shift: setting.shift, range: setting.range };
     case 'yes': {
       const shift = treeShift(root);
       if (shift === null) throw new UserError(`--private-users=yes: the UID and GID of ${root} do not share one range`);
-      return { shift, range: UID_RANGE, lock: null };
+      return { shift, range: UID_RANGE };
     }
     case 'pick':
-      return pickUidRange(machine, root, opts);
+      return null;
   }
+}
+
+/** The host UID that the container's root maps to, from its leader's uid_map. */
+export function leaderShift(pid: number): number {
+  const [inside, outside] = readFileSync(`/proc/${pid}/uid_map`, 'utf8').trim().split(/\s+/).map(Number);
+  if (inside !== 0 || outside === undefined || !Number.isInteger(outside)) throw new Error(`unexpected uid_map of ${pid}`);
+  return outside;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,224 +159,97 @@ export function chownTree(root: string, shift: number): ChownStats {
   return { entries, skipped: false };
 }
 
-/** Does the kernel and this filesystem support idmapped mounts? (Cheap probe: clone + setattr.) */
+// statfs f_type of file systems that take idmapped mounts, and the kernel that brought it
+// (ext4/xfs 5.12, btrfs 5.15, tmpfs 6.3). Anything else is probed by the native helper.
+const IDMAP_FILESYSTEMS: ReadonlyMap<number, [number, number]> = new Map([
+  [0xef53, [5, 12]],
+  [0x58465342, [5, 12]],
+  [0x9123683e, [5, 15]],
+  [0x01021994, [6, 3]],
+]);
+
+function kernelAtLeast(major: number, minor: number, rel = release()): boolean {
+  const [a = 0, b = 0] = rel.split(/[.-]/).map(Number);
+  return a > major || (a === major && b >= minor);
+}
+
+/** Does this file system (and kernel) take idmapped mounts? Known types by statfs, else a probe by the helper. */
 export async function supportsIdmap(root: string): Promise<boolean> {
-  try {
-    const ns = await makeUserns(UID_BASE_MAX, UID_RANGE);
-    try {
-      const fd = openTree(root, OPEN_TREE.CLONE | OPEN_TREE.CLOEXEC);
-      try {
-        mountSetattr(fd, AT.EMPTY_PATH, { attrSet: MOUNT_ATTR.IDMAP, usernsFd: ns.fd });
-        return true;
-      } finally {
-        closeSync(fd);
-      }
-    } finally {
-      ns.close();
-    }
-  } catch {
-    return false;
-  }
-}
-
-export interface Userns {
-  fd: number;
-  close(): void;
-}
-
-/**
- * A user namespace with the map "0 SHIFT RANGE" for uids and gids, held by an fd. Made by a
- * short-lived `unshare --user` child (Node itself cannot unshare a user namespace: threads).
- */
-export async function makeUserns(shift: number, range: number): Promise<Userns> {
-  const child = spawn('unshare', ['--user', '--', 'sleep', 'infinity'], { stdio: 'ignore' });
-  const pid = child.pid;
-  if (!pid) throw new Error('unshare --user failed to start');
-  try {
-    const self = readlinkSync('/proc/self/ns/user');
-    // unshare(2) happens right after the exec spawn() already waited for: poll briefly, synchronously.
-    const sleeper = new Int32Array(new SharedArrayBuffer(4));
-    for (let i = 0; ; i++) {
-      let ns = self;
-      try {
-        ns = readlinkSync(`/proc/${pid}/ns/user`);
-      } catch {
-        /* not yet */
-      }
-      if (ns !== self) break;
-      if (i > 4000) throw new Error('unshare --user did not create a namespace');
-      Atomics.wait(sleeper, 0, 0, 0.25);
-    }
-    writeFileSync(`/proc/${pid}/uid_map`, `0 ${shift} ${range}\n`);
-    writeFileSync(`/proc/${pid}/setgroups`, 'deny');
-    writeFileSync(`/proc/${pid}/gid_map`, `0 ${shift} ${range}\n`);
-    const fd = openSync(`/proc/${pid}/ns/user`, constants.O_RDONLY);
-    return { fd, close: () => closeSync(fd) };
-  } finally {
-    child.kill('SIGKILL');
-  }
-}
-
-export interface IdmappedRoot {
-  /** Where the idmapped view of the tree is mounted (use as the container's root). */
-  path: string;
-  /**
-   * Detach our copy (safe once the container's mount namespace has its own); removeDir=false
-   * keeps the empty mount point, which must stay while a container uses the mount.
-   */
-  release(removeDir?: boolean): void;
-}
-
-/** The handle for a view mounted at `at` (idmapped or a plain bind). */
-function rootView(at: string): IdmappedRoot {
-  return {
-    path: at,
-    release: (removeDir = true) => {
-      try {
-        umount2(at, MNT.DETACH);
-      } catch {
-        /* already gone */
-      }
-      // rmdir of a mount point also detaches the mounts on it in OTHER namespaces (the
-      // container's root!), so while a container uses it the empty directory has to stay.
-      if (!removeDir) return;
-      try {
-        rmdirSync(at);
-      } catch {
-        /* busy or gone */
-      }
-    },
-  };
-}
-
-/**
- * Mount an idmapped view of `root` (recursively) at `at`, mapping host ids 0..range-1 of the
- * files to shift..shift+range-1, so the container's root sees the image's own owners while the
- * image on disk stays untouched. `usernsFd`: the container's /proc/PID/ns/user or makeUserns().
- */
-export function mountIdmapped(root: string, at: string, usernsFd: number): IdmappedRoot {
-  // The caller picks the parent; for container roots a private mount (ensurePrivateMountDir).
-  mkdirSync(dirname(at), { recursive: true, mode: 0o755 });
-  mkdirSync(at, { mode: 0o700 });
-  const fd = openTree(root, OPEN_TREE.CLONE | OPEN_TREE.CLOEXEC | AT.RECURSIVE);
-  try {
-    mountSetattr(fd, AT.EMPTY_PATH | AT.RECURSIVE, { attrSet: MOUNT_ATTR.IDMAP, usernsFd });
-    moveMount(fd, at);
-    // Private, so detaching our copy later does not propagate into the container's copy.
-    mount(null, at, null, MS.PRIVATE | MS.REC);
-  } catch (err) {
-    try {
-      umount2(at, MNT.DETACH);
-    } catch {
-      /* not mounted yet */
-    }
-    try {
-      rmdirSync(at);
-    } catch {
-      /* keep going */
-    }
-    throw err;
-  } finally {
-    closeSync(fd);
-  }
-  return rootView(at);
-}
-
-function isMountPoint(dir: string): boolean {
-  const esc = dir.replace(/[\\ \t\n]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .some((l) => l.split(' ')[4] === esc);
-}
-
-/**
- * The directory holding the container roots' mount points, as a PRIVATE mount of its own.
- * Umount propagation follows the parent mount: under a shared /run (every systemd host) our
- * detaching of a root would propagate into the container's (slave) copy of /run and take its
- * root away; and mounts made there would leak into every peer namespace. Parents stay
- * traversable (0755) for the container's root, which is unprivileged on the host.
- */
-export function ensurePrivateMountDir(dir: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
-  chmodSync(dir, 0o755);
-  if (isMountPoint(dir)) return;
-  const lock = LockFile.acquire(`${dir}.lock`);
-  try {
-    if (!isMountPoint(dir)) {
-      mount(dir, dir, null, MS.BIND);
-      mount(null, dir, null, MS.PRIVATE);
-    }
-  } finally {
-    lock.release(false);
-  }
-}
-
-/**
- * A plain recursive bind of `root` at `at`: with chown ownership (or a fixed range) the tree may
- * sit below directories the container's root cannot traverse (mkdtemp's 0700, say), so the
- * runtime gets the same traversable path it gets for an idmapped root.
- */
-export function bindRoot(root: string, at: string): IdmappedRoot {
-  // The caller picks the parent; for container roots a private mount (ensurePrivateMountDir).
-  mkdirSync(dirname(at), { recursive: true, mode: 0o755 });
-  mkdirSync(at, { mode: 0o700 });
-  try {
-    mount(root, at, null, MS.BIND | MS.REC);
-    mount(null, at, null, MS.PRIVATE | MS.REC);
-  } catch (err) {
-    try {
-      umount2(at, MNT.DETACH);
-    } catch {
-      /* not mounted */
-    }
-    rmdirSync(at);
-    throw err;
-  }
-  return rootView(at);
-}
-
-/** Remove the empty mount-point directories left by containers that are gone (named NAME.PID). */
-export function sweepIdmapDirs(dir: string): void {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    const pid = Number(/\.(\d+)$/.exec(n)?.[1]);
-    if (!pid) continue;
-    try {
-      process.kill(pid, 0);
-      continue; // its launcher/supervisor still runs
-    } catch {
-      /* dead */
-    }
-    try {
-      rmdirSync(join(dir, n)); // fails (and is left) if something is still mounted there
-    } catch {
-      /* keep */
-    }
-  }
-}
-
-/**
- * The decision before any probing: 'map?' means "auto: map if this filesystem and kernel support
- * idmapped mounts, else chown" — the caller tries the mount (with the userns it needs anyway).
- */
-export function ownershipPlan(mode: Ownership, root: string, shift: number): 'off' | 'chown' | 'map' | 'map?' {
-  if (mode !== 'auto') return mode;
-  const recorded = treeShift(root);
-  if (recorded !== null && recorded !== 0) return 'chown';
-  if (shift === 0) return 'off';
-  return 'map?';
+  const since = IDMAP_FILESYSTEMS.get(Number(statfsSync(root).type));
+  if (since && kernelAtLeast(since[0], since[1])) return true;
+  const [{ spawnSync }, { helperPath }] = await Promise.all([import('node:child_process'), import('./launch.js')]);
+  return spawnSync(helperPath(), ['idmap-probe', root], { stdio: 'ignore' }).status === 0;
 }
 
 /** auto = map when this filesystem supports idmapped mounts, else chown; a tree shifted before keeps chown. */
-export async function resolveOwnership(mode: Ownership, root: string, shift: number): Promise<Exclude<Ownership, 'auto'>> {
+export async function resolveOwnership(mode: Ownership, root: string, shift: number | null): Promise<Exclude<Ownership, 'auto'>> {
   if (mode !== 'auto') return mode;
   const recorded = treeShift(root);
   if (recorded !== null && recorded !== 0) return 'chown';
   if (shift === 0) return 'off';
   return (await supportsIdmap(root)) ? 'map' : 'chown';
+}
+
+/**
+ * Where the helper attaches the container's root view inside the container's mount namespace:
+ * an empty directory the container's root (unprivileged on the host) can traverse. Nothing is
+ * ever mounted here in the host's namespace; the directory stays (like the lock directory).
+ */
+export const ROOT_VIEW_DIR = '/run/mctl-idmap';
+
+function ensureRootViewDir(): void {
+  try {
+    if ((statSync(ROOT_VIEW_DIR).mode & 0o7777) === 0o755) return;
+  } catch {
+    mkdirSync(ROOT_VIEW_DIR, { recursive: true, mode: 0o755 });
+  }
+  chmodSync(ROOT_VIEW_DIR, 0o755);
+}
+
+/** Files the launcher (re)wrote into an already shifted tree this run (resolv.conf, localtime …). */
+function shiftLauncherFiles(root: string, shift: number): void {
+  for (const p of ['etc/resolv.conf', 'etc/localtime', 'etc/hostname', 'etc/machine-id']) {
+    const full = join(root, p);
+    try {
+      const st = lstatSync(full);
+      if (st.uid < 0x10000) lchownSync(full, (st.uid | shift) >>> 0, (st.gid | shift) >>> 0);
+    } catch {
+      /* not there */
+    }
+  }
+}
+
+function chownForRange(root: string, shift: number): void {
+  chownTree(root, shift);
+  shiftLauncherFiles(root, shift);
+}
+
+export interface UsernsPlan {
+  userNamespace: UserNamespaceSpec;
+  /** pick + chown: shift the tree once the helper has picked (the container waits meanwhile). */
+  afterNamespaces: ((leaderPid: number) => Promise<void>) | null;
+}
+
+/**
+ * Everything the launcher does for a user namespace before the start: the map (or the request
+ * to pick one), the ownership decision, a chown for a known range, and the root view request.
+ */
+export async function planUserNamespace(setting: PrivateUsers, ownershipMode: Ownership | undefined, root: string, treeWritable: boolean, env: NodeJS.ProcessEnv = process.env): Promise<UsernsPlan | null> {
+  if (setting.mode === 'no') return null;
+  const fixed = fixedRange(setting, root);
+  const ownership = await resolveOwnership(ownershipMode ?? (setting.mode === 'pick' ? 'auto' : 'off'), root, fixed ? fixed.shift : null);
+  if (ownership === 'chown' && !treeWritable) throw new UserError('--private-users-ownership=chown needs a writable tree', { hint: 'use map, or --ephemeral' });
+  ensureRootViewDir();
+  const userNamespace: UserNamespaceSpec = {
+    uidShift: fixed?.shift ?? 0,
+    uidRange: fixed?.range ?? UID_RANGE,
+    ...(fixed ? {} : { pickLockDir: uidLockDir(env) }),
+    rootView: { kind: ownership === 'map' ? 'idmap' : 'bind', at: ROOT_VIEW_DIR },
+  };
+  if (ownership !== 'chown') return { userNamespace, afterNamespaces: null };
+  if (fixed) {
+    chownForRange(root, fixed.shift);
+    return { userNamespace, afterNamespaces: null };
+  }
+  return { userNamespace, afterNamespaces: async (pid) => chownForRange(root, leaderShift(pid)) };
 }

@@ -170,9 +170,21 @@ static int lock_range(unsigned long base)
 	}
 }
 
+/* Asked in a short-lived child: NSS modules (libnss_systemd with libcap and libm here) would
+ * otherwise stay mapped in the supervisor for the container's whole life (+1.2 MiB RSS). */
 static bool nss_knows(unsigned long base)
 {
-	return getpwuid((uid_t)base) || getpwuid((uid_t)(base + 0xFFFE)) || getgrgid((gid_t)base) || getgrgid((gid_t)(base + 0xFFFE));
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0)
+		_exit(getpwuid((uid_t)base) || getpwuid((uid_t)(base + 0xFFFE)) || getgrgid((gid_t)base) || getgrgid((gid_t)(base + 0xFFFE)));
+	int status = 0;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			die("waitpid: %s", strerror(errno));
+	/* a lookup that crashed counts as taken: never hand out a range we could not check */
+	return !WIFEXITED(status) || WEXITSTATUS(status) != 0;
 }
 
 /* nspawn's pick: the tree owner's range first (a chowned tree keeps its range), then
