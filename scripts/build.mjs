@@ -1,4 +1,5 @@
-// Build: TypeScript to dist/, and the native launcher helper with the system C compiler.
+// Build: TypeScript to dist/, the native launcher helper with the system C compiler, and the
+// start-up bundles with their code caches that bin/ runs (scripts/bundle.mjs).
 // The helper exists because no JavaScript can run in a forked child (see docs/architecture.md).
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, existsSync } from 'node:fs';
@@ -24,3 +25,8 @@ if (existsSync(nativeDir)) {
     run(process.env.CC || 'cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-shared', '-fPIC', '-o', join(root, 'dist/native/mctl-exec.node'), ...addon]);
   }
 }
+
+// Last: recording the launcher's code cache runs it up to its execve() through the addon above.
+const { bundlePrograms, trainCodeCaches } = await import('./bundle.mjs');
+await bundlePrograms();
+trainCodeCaches();

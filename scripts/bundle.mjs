@@ -1,0 +1,127 @@
+// Start-up bundles: each program (mctl, mctl-nspawn, mctl-machined) as ONE CommonJS file in
+// dist/bundle/, plus a V8 code cache recorded by a training run of it (bin/bundle-loader.cjs
+// loads both). Why (measured, docs/nspawn-internals.md "Start-up"): with ES modules Node 20
+// resolves, reads (through fs/promises, which drags ~40 internal modules in) and compiles every
+// file on each start — ~160 files for `mctl` — and Node 20 has no module compile cache.
+// A CommonJS bundle compiled through vm.Script can take `cachedData`, so the start skips both
+// the module loader and most of the compiling. Lazily imported parts stay lazy: esbuild wraps
+// them in init functions that run on first use, and V8 compiles a function only when it runs.
+//
+// dist/ as tsc writes it stays the reference build: tests import src/ or dist/ directly, and
+// scripts the programs spawn (net/collect-main.js, machined/ns-helper.js) run from dist/.
+import { build } from 'esbuild';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const outDir = join(root, 'dist/bundle');
+
+/** Program name → its main module. The bundle names are what bin/ asks the loader for. */
+export const PROGRAMS = {
+  mctl: 'src/cli/main.ts',
+  'mctl-nspawn': 'src/nspawn/main.ts',
+  'mctl-machined': 'src/machined/main.ts',
+};
+
+const toPosix = (p) => p.split(sep).join('/');
+
+/**
+ * Source rewrites that keep every module's behaviour as in the unbundled build:
+ * - `import.meta.url` becomes the URL the module has unbundled (src/x/y.ts → dist/x/y.js, a
+ *   package file → itself), computed at run time relative to the bundle, so files found next
+ *   to a module (package.json, dist/native/*, collect-main.js, yargs' locales) still are;
+ *   (yargs' unused `extends` support calls import.meta.resolve: resolved the same way);
+ * - `await import('./relative.js')` becomes `require(...)`: CommonJS output cannot have a
+ *   top-level await (src/cli/commands/index.ts has one), and inside a bundle both only run the
+ *   module's lazy init function. Package and builtin specifiers are left to esbuild.
+ */
+const keepModuleSemantics = {
+  name: 'keep-module-semantics',
+  setup(b) {
+    b.onLoad({ filter: /\.(ts|js|mjs)$/ }, (args) => {
+      const text = readFileSync(args.path, 'utf8');
+      if (!text.includes('import.meta') && !(args.path.endsWith('.ts') && text.includes('await import('))) return undefined;
+      let rel = toPosix(relative(root, args.path));
+      if (rel.startsWith('src/')) rel = `dist/${rel.slice(4).replace(/\.ts$/, '.js')}`;
+      const at = JSON.stringify(rel);
+      let contents = text
+        .replaceAll('import.meta.url', `__mctlModuleUrl(${at})`)
+        .replaceAll('import.meta.resolve(', `__mctlModuleResolve(${at})(`);
+      if (args.path.endsWith('.ts')) contents = contents.replace(/await import\((['"]\.\.?\/[^'"]+['"])\)/g, 'require($1)');
+      const loader = args.path.endsWith('.ts') ? 'ts' : 'js';
+      return { contents, loader };
+    });
+  },
+};
+
+// The bundle lives in dist/bundle/, two levels below the package root. Found through
+// module.filename, not __dirname: esbuild keeps a bundled module's own top-level `__dirname`
+// (yargs' ESM shim declares one) under that name, and the var shadows the wrapper's.
+const BANNER = [
+  '"use strict";',
+  'var __mctlPackageRoot = require("node:path").join(module.filename, "..", "..", "..");',
+  'var __mctlModulePath = (rel) => require("node:path").join(__mctlPackageRoot, rel);',
+  'var __mctlModuleUrl = (rel) => require("node:url").pathToFileURL(__mctlModulePath(rel)).href;',
+  'var __mctlModuleResolve = (rel) => (spec) => require("node:url").pathToFileURL(require("node:module").createRequire(__mctlModulePath(rel)).resolve(spec)).href;',
+].join('\n');
+
+/** Bundle all programs; returns the written files. */
+export async function bundlePrograms() {
+  rmSync(outDir, { recursive: true, force: true });
+  mkdirSync(outDir, { recursive: true });
+  const result = await build({
+    entryPoints: Object.fromEntries(Object.entries(PROGRAMS).map(([name, main]) => [name, join(root, main)])),
+    absWorkingDir: root,
+    outdir: outDir,
+    outExtension: { '.js': '.cjs' },
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    // import() of builtins becomes require(): vm.Script code has no ES module loader to call,
+    // and loading that loader would cost what the bundle saves.
+    supported: { 'dynamic-import': false },
+    // Native addons load from node_modules as usual; x11 is an optional dbus-next transport.
+    external: ['koffi', 'usocket', 'x11'],
+    plugins: [keepModuleSemantics],
+    banner: { js: BANNER },
+    // A leftover import.meta would silently become {} in CommonJS output: fail instead.
+    logOverride: { 'empty-import-meta': 'error' },
+    legalComments: 'none',
+    logLevel: 'warning',
+    metafile: true,
+  });
+  return Object.keys(result.metafile.outputs).map((f) => join(root, f));
+}
+
+/**
+ * Record each bundle's code cache by running the program once (scripts/code-cache-train.cjs):
+ * V8 then caches the functions that run on that path, not only the top level.
+ */
+export function trainCodeCaches() {
+  const scratch = mkdtempSync(join(tmpdir(), 'mctl-build-'));
+  try {
+    // The run's own status does not matter (the CLI's fails without a bus); the cache must exist.
+    const train = (name, args, env = {}) => {
+      const r = spawnSync(process.execPath, [join(root, 'scripts/code-cache-train.cjs'), name, ...args], {
+        cwd: scratch,
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...process.env, ...env },
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+      if (!existsSync(join(outDir, `${name}.cjs.cache`))) throw new Error(`recording the code cache of ${name} failed: ${r.error?.message ?? r.stderr}`);
+    };
+    // The launcher on its plain start path, stopped at the execve() into the native helper.
+    mkdirSync(join(scratch, 'tree'));
+    train('mctl-nspawn', ['-q', '--register=no', '--read-only', '-D', join(scratch, 'tree'), '/bin/true']);
+    // The CLI up to its first bus call (no bus here: that part fails and is left to lazy compiling).
+    train('mctl', ['list'], { DBUS_SYSTEM_BUS_ADDRESS: `unix:path=${join(scratch, 'no-bus')}` });
+    train('mctl-machined', ['--version']);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
