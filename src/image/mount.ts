@@ -17,7 +17,7 @@
 // with autoclear, and our fd on it is closed as soon as it is mounted: from then on the mount is
 // the device's only user, and unmounting (or the death of the last mount namespace holding a
 // copy) makes the kernel detach it.
-import { closeSync, constants as fsc, mkdirSync, openSync, readdirSync, statSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, mkdirSync, openSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { MNT, MS, mount, ofdLock, umount2 } from '../sys/libc.js';
 import { attachLoop, type LoopDevice } from '../sys/loop.js';
@@ -71,11 +71,20 @@ export interface MountedImage {
   release(): void;
 }
 
-/** Whether we may write to the image (mode, read-only file system, read-only block device). */
+/**
+ * Whether we may write to the image (mode, read-only file system, read-only block device).
+ * A regular file without any write bit is read-only even for root, who could open it for
+ * writing: that is how `mctl read-only` (and systemd's image code) marks a raw image.
+ */
 export function imageWritable(path: string): boolean {
   try {
-    closeSync(openSync(path, fsc.O_RDWR));
-    return true;
+    const fd = openSync(path, fsc.O_RDWR);
+    try {
+      const st = fstatSync(fd);
+      return !(st.isFile() && (st.mode & 0o222) === 0);
+    } finally {
+      closeSync(fd);
+    }
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM' || code === 'ETXTBSY') return false;

@@ -13,9 +13,15 @@
 //     holds them until the container exits — stock machined sees the image as busy;
 //  4. on a failed start the onAbort hook (and release() in any case) unmounts everything.
 //
-// --ephemeral: the image is attached read-only and every partition gets an overlay with a tmpfs
-// upper inside the container's namespace (root through spec.rootLayer = 'overlay', the others
-// as overlay mount ops), so writes vanish at exit and the image file is never copied.
+// --ephemeral and --volatile=overlay: the image is attached read-only and every partition gets an
+// overlay with a tmpfs upper inside the container's namespace (root through spec.rootLayer =
+// 'overlay', the others as overlay mount ops), so writes vanish at exit and the image file is
+// never copied. --volatile=yes|state attach it read-only too (the launcher adds the tmpfs layers).
+//
+// An image that cannot be written at all (squashfs, erofs, a GPT read-only root, a file without
+// write permission), started without --read-only/--volatile/-x, gets an empty tmpfs on /var: what
+// --volatile=state does. Stock nspawn boots such an image read-only as a whole, and a Debian guest
+// then ends "degraded" (systemd-logind cannot create its StateDirectory /var/lib/systemd/linger).
 import { basename } from 'node:path';
 import { statSync } from 'node:fs';
 import { cleanupHostname } from '../common/names.js';
@@ -23,22 +29,31 @@ import { UserError } from '../common/errors.js';
 import { findImage, lockImage, mountImage, imageWritable, type ImageLock, type MountedImage } from '../image/index.js';
 import type { LaunchHooks } from './launch.js';
 import type { MountOp } from './spec.js';
+import type { VolatileMode } from './options.js';
 
 export interface ImageRootOptions {
   /** --read-only */
   readOnly: boolean;
   /** -x/--ephemeral */
   ephemeral: boolean;
+  /** --volatile= (default no) */
+  volatile?: VolatileMode;
 }
 
 export interface ImageRoot {
   /** spec.root */
   root: string;
-  /** spec.readOnlyRoot: --read-only, or an image we cannot write (file mode, squashfs, GPT flag). */
+  /**
+   * spec.readOnlyRoot: --read-only, --volatile=state, or an image we cannot write (file mode,
+   * squashfs, GPT flag); with a throw-away layer (-x, --volatile=overlay|yes) only --read-only.
+   */
   readOnly: boolean;
-  /** spec.rootLayer: 'overlay' for --ephemeral, else 'plain'. */
+  /** spec.rootLayer: 'overlay' for --ephemeral and --volatile=overlay, else 'plain'. */
   rootLayer: 'plain' | 'overlay';
-  /** Mount ops to put FIRST in spec.mounts (ephemeral overlays of the non-root partitions). */
+  /**
+   * Mount ops to put FIRST in spec.mounts: overlays of the non-root partitions (-x,
+   * --volatile=overlay), or the tmpfs on /var of an image that cannot be written.
+   */
   mounts: MountOp[];
   /** What was mounted (for -q-less status output and tests). */
   image: MountedImage;
@@ -85,17 +100,20 @@ function checkImagePath(path: string): void {
 /** Lock, dissect and mount an image for a container. Throws one-line errors, leaving nothing behind. */
 export function prepareImageRoot(path: string, options: ImageRootOptions): ImageRoot {
   checkImagePath(path);
-  const wantReadOnly = options.readOnly || options.ephemeral || !imageWritable(path);
+  const volatile = options.volatile ?? 'no';
+  // A throw-away layer over the root (which would hide partitions mounted below the root path).
+  const overlay = options.ephemeral || volatile === 'overlay';
+  const wantReadOnly = options.readOnly || options.ephemeral || volatile !== 'no' || !imageWritable(path);
   const lock = lockImage(path, { shared: wantReadOnly, what: `image ${path}` });
   let image: MountedImage;
   try {
-    image = mountImage(path, { readOnly: wantReadOnly, separatePartitions: options.ephemeral });
+    image = mountImage(path, { readOnly: wantReadOnly, separatePartitions: overlay });
   } catch (err) {
     lock.release();
     throw err;
   }
   const mounts: MountOp[] = [];
-  if (options.ephemeral) {
+  if (overlay) {
     // The runtime stacks the root's overlay on the root path, and submounts are not part of an
     // overlay anyway: each partition (mounted beside the root) gets its own throw-away layer.
     for (const p of image.mounted) {
@@ -104,11 +122,18 @@ export function prepareImageRoot(path: string, options: ImageRootOptions): Image
     }
   }
   const rootReadOnly = image.mounted.find((p) => p.designator === 'root')?.readOnly ?? false;
+  const unwritable = image.readOnly || rootReadOnly;
+  // Nothing asked about the root, and it cannot be written: give the OS a /var it can write
+  // (--volatile=state), unless the image brings its own var (or a tmp partition at /var/tmp).
+  const ownVar = image.mounted.some((p) => p.mountPoint === '/var' || p.mountPoint.startsWith('/var/'));
+  if (unwritable && !options.readOnly && !options.ephemeral && volatile === 'no' && !ownVar) {
+    mounts.push({ kind: 'tmpfs', destination: '/var', options: 'mode=0755' });
+  }
   let released = false;
   return {
     root: image.rootDir,
-    readOnly: options.ephemeral ? options.readOnly : options.readOnly || image.readOnly || rootReadOnly,
-    rootLayer: options.ephemeral ? 'overlay' : 'plain',
+    readOnly: overlay || volatile === 'yes' ? options.readOnly : options.readOnly || volatile === 'state' || unwritable,
+    rootLayer: overlay ? 'overlay' : 'plain',
     mounts,
     image,
     lock,

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -168,6 +168,60 @@ test('squashfs image boots to running with --ephemeral', async () => {
     await r.stop();
   }
   await assertCleanSoon(clean);
+});
+
+test('squashfs image without options boots to running: read-only root, an empty tmpfs on /var (as --volatile=state)', async () => {
+  // Stock nspawn boots it read-only as a whole: this Debian guest then ends "degraded"
+  // (systemd-logind cannot create /var/lib/systemd/linger).
+  const image = debianImage('squashfs');
+  const clean = residue();
+  const r = launch(['--register=no', '-b', `--image=${image}`]);
+  try {
+    assert.equal(await waitRunning(r), 'running');
+    assert.match(inContainer(r, 'findmnt -n -o FSTYPE,OPTIONS /'), /^squashfs +ro,/);
+    assert.equal(inContainer(r, 'findmnt -n -o FSTYPE /var'), 'tmpfs');
+    assert.equal(inContainer(r, 'systemctl is-active systemd-logind'), 'active');
+  } finally {
+    await r.stop();
+  }
+  await assertCleanSoon(clean);
+});
+
+test('--volatile=overlay on a squashfs image boots to running with a writable throw-away root', async () => {
+  const image = debianImage('squashfs');
+  const clean = residue();
+  const r = launch(['--register=no', '-b', '--volatile=overlay', `--image=${image}`]);
+  try {
+    assert.equal(await waitRunning(r), 'running');
+    assert.equal(inContainer(r, 'findmnt -n -o FSTYPE /'), 'overlay');
+    assert.equal(inContainer(r, 'echo x > /t-img-w && cat /t-img-w'), 'x');
+  } finally {
+    await r.stop();
+  }
+  await assertCleanSoon(clean);
+});
+
+test('--volatile=state on a writable GPT image: attached read-only, /var a tmpfs, the image file untouched', async () => {
+  const image = copyImage(debianImage('gpt'), join(dir, 't-img-state.raw'));
+  const before = await sha256(image);
+  const clean = residue();
+  const r = nspawnOnce(['--volatile=state', `--image=${image}`, '/bin/sh', '-c', 'findmnt -n -o OPTIONS /; findmnt -n -o FSTYPE /var; touch /etc/t-img 2>&1']);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stdout, /^ro,.*\ntmpfs\n.*Read-only file system/);
+  await assertCleanSoon(clean);
+  assert.equal(await sha256(image), before);
+});
+
+test('a raw image without write bits (mctl read-only) is attached read-only, also for root', async () => {
+  const image = copyImage(debianImage('gpt'), join(dir, 't-img-nowrite.raw'));
+  chmodSync(image, 0o444);
+  const before = await sha256(image);
+  const clean = residue();
+  const r = nspawnOnce([`--image=${image}`, '/bin/sh', '-c', 'findmnt -n -o OPTIONS /; findmnt -n -o FSTYPE /var']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^ro,.*\ntmpfs\n$/);
+  await assertCleanSoon(clean);
+  assert.equal(await sha256(image), before);
 });
 
 test('--ephemeral on a GPT image: writes vanish and the image file is untouched', async () => {
