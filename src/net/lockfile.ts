@@ -4,7 +4,7 @@
 // FD_CLOEXEC (keepAcrossExec) and dies with the last process holding it, also on SIGKILL.
 import { closeSync, fstatSync, mkdirSync, openSync, statSync, unlinkSync, constants } from 'node:fs';
 import { dirname } from 'node:path';
-import { ofdLock, flock, clearCloexec } from '../sys/libc.js';
+import { ofdLock, ofdLockWait, flock, clearCloexec } from '../sys/libc.js';
 
 /**
  * 'ofd': systemd's lock type (stock nspawn's /run/systemd/nspawn-uid locks use it).
@@ -71,7 +71,9 @@ export class LockFile {
     await previous;
     try {
       for (let delay = 5; ; delay = Math.min(delay * 2, 100)) {
-        const lock = LockFile.tryAcquire(path, kind);
+        // OFD locks are waited for on a worker thread (taken the moment the holder lets go);
+        // BSD locks, and an interrupted wait, fall back to polling.
+        const lock = kind === 'ofd' ? await LockFile.waitOfd(path) : LockFile.tryAcquire(path, kind);
         if (lock) {
           lock.onRelease = () => {
             if (localQueue.get(path) === tail) localQueue.delete(path);
@@ -88,6 +90,27 @@ export class LockFile {
     }
   }
 
+  /** Open and wait for an OFD lock without blocking the event loop; null if the wait failed or the file was replaced. */
+  private static async waitOfd(path: string): Promise<LockFile | null> {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+    if ((await ofdLockWait(fd, 'exclusive')) && LockFile.isCurrent(fd, path)) return new LockFile(path, fd);
+    closeSync(fd);
+    return null;
+  }
+
+  /** The previous holder may have unlinked the file between our open and our lock: then we locked an orphan inode. */
+  private static isCurrent(fd: number, path: string): boolean {
+    const st = fstatSync(fd);
+    let current: ReturnType<typeof statSync> | undefined;
+    try {
+      current = statSync(path);
+    } catch {
+      current = undefined;
+    }
+    return st.nlink > 0 && current !== undefined && current.ino === st.ino && current.dev === st.dev;
+  }
+
   private static open(path: string, wait: boolean, kind: LockKind): LockFile | null {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     for (;;) {
@@ -99,16 +122,8 @@ export class LockFile {
           closeSync(fd);
           return null;
         }
-        // The previous holder may have unlinked the file between our open and our lock:
-        // then we locked an orphan inode and must try again on the new file.
-        const st = fstatSync(fd);
-        let current: ReturnType<typeof statSync> | undefined;
-        try {
-          current = statSync(path);
-        } catch {
-          current = undefined;
-        }
-        if (st.nlink > 0 && current && current.ino === st.ino && current.dev === st.dev) return new LockFile(path, fd);
+        // If the file was replaced meanwhile, try again on the new one.
+        if (LockFile.isCurrent(fd, path)) return new LockFile(path, fd);
       } catch (err) {
         closeSync(fd);
         throw err;

@@ -209,6 +209,21 @@ export function ofdLock(fd: number, kind: OfdLockKind, wait = false): boolean {
   return true;
 }
 
+let ofdWaitFn: (KoffiFn & { async(...args: unknown[]): void }) | undefined;
+
+/**
+ * Wait for an exclusive or shared OFD lock on a worker thread (F_OFD_SETLKW there), so the
+ * event loop keeps running and the lock is taken the moment its holder lets go. Resolves false
+ * when the wait failed (e.g. EINTR or EDEADLK), and the caller falls back to polling.
+ */
+export function ofdLockWait(fd: number, kind: 'shared' | 'exclusive'): Promise<boolean> {
+  ofdWaitFn ??= lib().koffi.load('libc.so.6').func('int fcntl(int fd, int cmd, void *lock)') as KoffiFn & { async(...args: unknown[]): void };
+  const fl = Buffer.alloc(32);
+  fl.writeInt16LE(kind === 'shared' ? 0 : 1, 0);
+  const fn = ofdWaitFn;
+  return new Promise((resolve) => fn.async(fd, F_OFD_SETLKW, fl, (err: unknown, ret: unknown) => resolve(!err && Number(ret) === 0)));
+}
+
 /** Clear FD_CLOEXEC, which Node sets on fds 0-2, so an exec'd program keeps them. */
 export function clearCloexec(fd: number): void {
   const flags = fcntl(fd, F.GETFD);
