@@ -1,12 +1,11 @@
 // The whole network setup of one container, in-process: links, addresses and routes over
 // rtnetlink (src/sys/netlink.ts) on the host and, through a socket opened inside the
-// container's network namespace, on the container's side; the nft transaction through
-// libnftables on a worker thread meanwhile (the rules match links by name, so they need not
+// container's network namespace, on the container's side; the nft transaction (libnftables on a
+// worker thread, started by the caller) meanwhile (the rules match links by name, so they need not
 // wait for them); then the watcher that collects after the launcher's end. No program runs in
 // the critical path; the watcher is started with posix_spawn (no fork of Node) and not waited for.
 import { writeFileSync } from 'node:fs';
 import { RtNetlink } from '../sys/netlink.js';
-import { nftRunAsync } from '../sys/nftables.js';
 import { spawnDetached } from '../sys/spawn.js';
 import type { AddressPair } from './machine.js';
 
@@ -38,8 +37,8 @@ export interface LinkPlan {
   ipvlan: Array<{ parent: string; name: string }>;
   /** Written under /proc/sys/net once the links exist (they may name them). */
   sysctls: ReadonlyArray<readonly [string, string]>;
-  /** The nft transaction, or null for no rules. */
-  nft: string | null;
+  /** The nft transaction, already running (the caller started it as early as it could), or null. */
+  nft: Promise<unknown> | null;
   /** Started detached at the end: waits for this lock, then runs argv (the collector). */
   watcher: { lock: string; argv: readonly string[]; env: Record<string, string> } | null;
 }
@@ -99,7 +98,7 @@ export function startWatcher(w: NonNullable<LinkPlan['watcher']>): number {
 
 /** Apply the plan. On failure, throws after the nft transaction settled (so undo sees all of it). */
 export async function applyLinkPlan(p: LinkPlan): Promise<void> {
-  const rules = p.nft ? nftRunAsync(p.nft) : Promise.resolve('');
+  const rules = p.nft ?? Promise.resolve();
   try {
     const nl = RtNetlink.open();
     try {

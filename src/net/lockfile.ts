@@ -73,7 +73,7 @@ export class LockFile {
       for (let delay = 5; ; delay = Math.min(delay * 2, 100)) {
         // OFD locks are waited for on a worker thread (taken the moment the holder lets go);
         // BSD locks, and an interrupted wait, fall back to polling.
-        const lock = kind === 'ofd' ? await LockFile.waitOfd(path) : LockFile.tryAcquire(path, kind);
+        const lock = LockFile.tryAcquire(path, kind) ?? (kind === 'ofd' ? await LockFile.waitOfd(path) : null);
         if (lock) {
           lock.onRelease = () => {
             if (localQueue.get(path) === tail) localQueue.delete(path);

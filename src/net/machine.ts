@@ -21,7 +21,7 @@ import { LockFile, isLockFree } from './lockfile.js';
 import { netConfig, slotCount, slotSubnet, formatIPv4, formatIPv6, type NetConfig } from './config.js';
 import { portForwardRules, assertNoDuplicatePorts, type PortForward } from './ports.js';
 import { SysError } from '../sys/errno.js';
-import { NftError, preloadNftables } from '../sys/nftables.js';
+import { NftError, preloadNftables, nftRunAsync } from '../sys/nftables.js';
 import { RtNetlink } from '../sys/netlink.js';
 
 export interface VethExtra {
@@ -282,6 +282,8 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
   const lock = await LockFile.acquireWithin(lockPath(cfg, machine), 'flock', 3000);
   if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
   let state: MachineNetState | null = null;
+  // Set inside the allocation below; a holder, since TypeScript does not track assignments in closures.
+  const pending: { rules: Promise<string> | null } = { rules: null };
   try {
     state = await withAllocLock(cfg, async () => {
       const old = readMachineNetState(machine, cfg);
@@ -343,6 +345,14 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
           ...portForwardRules(req.ports, { ipv4: auto.ipv4.address, ipv6: auto.ipv6.address, hostIf: auto.gwIf }),
         ];
         // Routing between the container links and the uplink (see docs/networking.md, "What mctl changes on the host").
+      }
+      // The rules match links by name: the transaction runs on a worker thread from now on,
+      // while this thread makes the links.
+      const script = machineRulesScript(cfg.table, machine, rules);
+      pending.rules = script ? nftRunAsync(script) : null;
+      pending.rules?.catch(() => undefined); // awaited by applyLinkPlan, or below on failure
+      if (auto) {
+        // Routing between the container links and the uplink (see docs/networking.md, "What mctl changes on the host").
         writeSysctl('ipv4/ip_forward', '1');
         writeSysctl('ipv6/conf/all/forwarding', '1');
       }
@@ -359,13 +369,14 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
         ipvlan: req.ipvlan.map((i) => ({ parent: i, name: shortenIfname(`iv-${i}`).name })),
         // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
         sysctls: auto && req.ports.length > 0 ? [[`ipv4/conf/${auto.gwIf}/route_localnet`, '1']] : [],
-        nft: machineRulesScript(cfg.table, machine, rules),
+        nft: pending.rules,
         watcher: req.collector ? collectorCommand(machine, cfg) : null,
       });
       return s;
     });
   } catch (err) {
-    // Undo whatever got created; the state file says what to look for.
+    // Undo whatever got created (after the rule transaction settled); the state file says what to look for.
+    await pending.rules?.catch(() => undefined);
     const s = readMachineNetState(machine, cfg);
     if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
     lock.release(true);
