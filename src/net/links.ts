@@ -49,17 +49,22 @@ function linkIndex(nl: RtNetlink, name: string): number {
   return link.index;
 }
 
-function configureHost(nl: RtNetlink, p: LinkPlan): void {
+function configureHost(nl: RtNetlink, p: LinkPlan, created: Set<string>): void {
   if (p.createBridge) {
     nl.createBridge(p.createBridge.name, true);
+    created.add(p.createBridge.name);
     if (p.createBridge.altName) nl.addAltName(p.createBridge.name, p.createBridge.altName);
   }
   const master = p.bridge ? linkIndex(nl, p.bridge) : undefined;
   if (p.main) {
     nl.createVeth({ name: p.main.name, mac: p.main.mac, peer: { name: p.main.peer, mac: p.main.peerMac, netnsPid: p.leaderPid }, master, up: true });
+    created.add(p.main.name);
     if (p.main.altName) nl.addAltName(p.main.name, p.main.altName);
   }
-  for (const x of p.extras) nl.createVeth({ name: x.name, mac: x.mac, peer: { name: x.peer, mac: x.peerMac, netnsPid: p.leaderPid }, up: true });
+  for (const x of p.extras) {
+    nl.createVeth({ name: x.name, mac: x.mac, peer: { name: x.peer, mac: x.peerMac, netnsPid: p.leaderPid }, up: true });
+    created.add(x.name);
+  }
   if (p.gateway) {
     const index = linkIndex(nl, p.gateway.ifname);
     nl.addAddress(index, p.gateway.ifname, p.gateway.ipv4.gateway, p.gateway.ipv4.prefix, { replace: true });
@@ -96,13 +101,17 @@ export function startWatcher(w: NonNullable<LinkPlan['watcher']>): number {
   return spawnDetached(['sh', '-c', 'flock -x "$0" true; exec "$@"', w.lock, ...w.argv], { ...env, ...w.env });
 }
 
-/** Apply the plan. On failure, throws after the nft transaction settled (so undo sees all of it). */
-export async function applyLinkPlan(p: LinkPlan): Promise<void> {
+/**
+ * Apply the plan. On failure, throws after the nft transaction settled (so undo sees all of it);
+ * `created` then names the host-side links this run made (a name that was taken by someone
+ * else's link is not ours to delete).
+ */
+export async function applyLinkPlan(p: LinkPlan, created: Set<string> = new Set()): Promise<void> {
   const rules = p.nft ?? Promise.resolve();
   try {
     const nl = RtNetlink.open();
     try {
-      configureHost(nl, p);
+      configureHost(nl, p, created);
     } finally {
       nl.close();
     }

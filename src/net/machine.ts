@@ -284,6 +284,7 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
   let state: MachineNetState | null = null;
   // Set inside the allocation below; a holder, since TypeScript does not track assignments in closures.
   const pending: { rules: Promise<string> | null } = { rules: null };
+  const created = new Set<string>();
   try {
     state = await withAllocLock(cfg, async () => {
       const old = readMachineNetState(machine, cfg);
@@ -371,13 +372,15 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
         sysctls: auto && req.ports.length > 0 ? [[`ipv4/conf/${auto.gwIf}/route_localnet`, '1']] : [],
         nft: pending.rules,
         watcher: req.collector ? collectorCommand(machine, cfg) : null,
-      });
+      }, created);
       return s;
     });
   } catch (err) {
     // Undo whatever got created (after the rule transaction settled); the state file says what to look for.
     await pending.rules?.catch(() => undefined);
-    const s = readMachineNetState(machine, cfg);
+    const recorded = readMachineNetState(machine, cfg);
+    // Only links this run made: a host-side name someone else's link already had stays theirs.
+    const s = recorded && { ...recorded, hostIf: recorded.hostIf && created.has(recorded.hostIf) ? recorded.hostIf : null, extraHostIfs: recorded.extraHostIfs.filter((l) => created.has(l)) };
     if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
     lock.release(true);
     if (err instanceof SysError || err instanceof NftError) throw new UserError(`network setup for '${machine}' failed: ${err.message}`);

@@ -41,7 +41,7 @@ after(async () => {
   for (const p of procs) p.kill('SIGKILL');
   run(['ip', 'link', 'del', outIf]);
   for (const s of spaces) s.kill();
-  for (const m of ['m1', 'm2']) await collect(`t-net-${id}-${m}`, cfg).catch(() => undefined);
+  for (const m of ['m1', 'm2', 'm3', 'm4']) await collect(`t-net-${id}-${m}`, cfg).catch(() => undefined);
   run(['nft', 'delete', 'table', 'inet', cfg.table]);
   run(['nft', 'delete', 'table', 'ip', `tfor${id}`]);
   rmSync(stateDir, { recursive: true, force: true });
@@ -158,4 +158,39 @@ test('a killed launcher leaves state that collect() removes; a running one is le
   assert.equal(await listTableRules(cfg.table), null);
   assert.equal(readMachineNetState(name, cfg), null);
   assert.equal(await collect(name, cfg), 'absent');
+});
+
+test('netlink failures: one clear line naming the step, nothing of ours left, nobody else\'s link touched', async () => {
+  // The host-side name is taken by someone else's link: creating the veth fails with EEXIST.
+  const name = `t-net-${id}-m3`;
+  const ct = await makeNetns();
+  spaces.push(ct);
+  const taken = `ve-${name}`.length > 15 ? null : `ve-${name}`;
+  assert.equal(taken, null, 'the machine name is long enough to be shortened');
+  const { hostVethName } = await import('../../src/net/index.js');
+  const hostIf = hostVethName(name, 'veth').name;
+  must(['ip', 'link', 'add', hostIf, 'type', 'bridge']);
+  try {
+    await assert.rejects(setupMachineNetwork(request(name, ct.pid, [`tcp:${20002 + r * 10}:80`]), cfg), (err: Error) => {
+      assert.match(err.message, new RegExp(`^network setup for '${name}' failed: create veth\\(${hostIf}\\): EEXIST`));
+      assert.doesNotMatch(err.message, /\n/);
+      return true;
+    });
+    assert.ok(await getLink(hostIf), 'the bridge that had the name is still there');
+    assert.equal(readMachineNetState(name, cfg), null, 'no state');
+    assert.equal(await listTableRules(cfg.table), null, 'no rules, no table');
+    assert.equal(must(['nsenter', `--net=${ct.path}`, 'ip', '-br', 'link']).trim().split('\n').length, 1, 'nothing but lo inside');
+  } finally {
+    run(['ip', 'link', 'del', hostIf]);
+  }
+
+  // The container's process is gone before its link could be made: ESRCH, and again nothing left.
+  const gone = `t-net-${id}-m4`;
+  const dead = await makeNetns();
+  dead.kill();
+  await new Promise((res) => dead.proc.once('exit', res));
+  await assert.rejects(setupMachineNetwork(request(gone, dead.pid, [`tcp:${20003 + r * 10}:80`]), cfg), /^UserError: network setup for .* failed: create veth\(.*\): ESRCH|network setup for .* failed: create veth\(.*\): ESRCH/);
+  assert.equal(await getLink(hostVethName(gone, 'veth').name), null);
+  assert.equal(readMachineNetState(gone, cfg), null);
+  assert.equal(await listTableRules(cfg.table), null);
 });
