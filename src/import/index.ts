@@ -6,3 +6,5 @@ export { parseVerifyMode, VERIFY_MODES, type VerifyMode } from './verify.js';
 export { parseFormat, COMPRESSIONS, type Compression } from './compression.js';
 export { TransferCanceled } from './unpack.js';
 export type { ImageKind } from './names.js';
+export { openTransferRecord, listTransfers, cancelTransfer, type TransferInfo, type TransferRecord, type TransferType } from './transfers.js';
+export { defaultNameFromUrl, defaultNameFromFile, defaultNameFromDirectory } from './names.js';

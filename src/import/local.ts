@@ -6,11 +6,11 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { UserError } from '../common/errors.js';
-import { getImage } from '../image/index.js';
+import { getImage, ImageError, lockImage, type ImageInfo, type ImageLock } from '../image/index.js';
 import { HashingCounter } from './checksums.js';
 import { compressionFromSuffix, createEncoder, type Compression } from './compression.js';
 import { assertLocalName, defaultNameFromDirectory, defaultNameFromFile, tempEntryName, type ImageKind } from './names.js';
-import { createProgress } from './progress.js';
+import { createProgress, type ProgressObserver } from './progress.js';
 import { runTool, settle } from './subprocess.js';
 import { TransferCanceled, unpackRaw, unpackTar } from './unpack.js';
 import type { TransferResult } from './pull.js';
@@ -25,6 +25,7 @@ export interface ImportOptions {
   readOnly: boolean;
   signal: AbortSignal;
   progress?: boolean;
+  onProgress?: ProgressObserver;
   /** Stream to read instead of FILE "-" (tests); default process.stdin. */
   stdin?: Readable;
 }
@@ -51,7 +52,7 @@ export async function importImage(options: ImportOptions): Promise<TransferResul
     source = createReadStream(file, { highWaterMark: 1 << 20 });
   }
   const entry = await WorkEntry.create(name, kind === 'tar' ? 'directory' : 'raw', { force: options.force });
-  const progress = createProgress(`Importing ${file === '-' ? 'stdin' : basename(file)}`, options.progress === undefined ? {} : { enabled: options.progress });
+  const progress = createProgress(`Importing ${file === '-' ? 'stdin' : basename(file)}`, { observer: options.onProgress, ...(options.progress === undefined ? {} : { enabled: options.progress }) });
   progress.setTotal(total);
   try {
     const counter = new HashingCounter((b) => progress.update(b), { hash: false });
@@ -109,15 +110,18 @@ export interface ExportOptions {
   format?: Compression | undefined;
   signal: AbortSignal;
   progress?: boolean;
+  onProgress?: ProgressObserver;
   /** Stream to write instead of FILE "-" (tests); default process.stdout. */
   stdout?: Writable;
+  /** Where a warning line goes (default: stderr as "mctl: LINE"). */
+  warn?: (line: string) => void;
 }
 
 /** Arguments for GNU tar creating an archive that keeps what an OS tree needs. */
 export const TAR_CREATE_ARGS = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse', '-cpf', '-'];
 
 export async function exportImage(options: ExportOptions): Promise<{ bytes: number; compression: Compression }> {
-  const { kind, file, signal } = options;
+  const { kind, file } = options;
   const image = getImage(options.name);
   if (kind === 'tar' && image.type !== 'directory' && image.type !== 'subvolume') {
     throw new UserError(`image '${options.name}' is a ${image.type} image`, { hint: 'export-tar needs a directory image; use export-raw' });
@@ -127,10 +131,37 @@ export async function exportImage(options: ExportOptions): Promise<{ bytes: numb
   }
   const compression = options.format ?? (file === '-' ? 'uncompressed' : compressionFromSuffix(file));
   if (file === '-' && !options.stdout && process.stdout.isTTY) throw new UserError('refusing to write an image to a terminal', { hint: 'give a FILE or redirect standard output' });
+  const lock = lockForExport(image, options.warn ?? ((line) => process.stderr.write(`mctl: ${line}\n`)));
+  try {
+    return await writeExport(options, image, compression);
+  } finally {
+    lock?.release();
+  }
+}
+
+/**
+ * Hold the image lock shared while reading it, as a read-only machine does: remove, rename and
+ * --force replacement (exclusive) are refused until the export ends, and other readers are not
+ * disturbed. A writable machine running from the image holds it exclusively (and so already
+ * blocks those); systemd's exporter takes no lock at all and exports a running machine as it
+ * is, so we do too, and say the archive may be inconsistent.
+ */
+function lockForExport(image: ImageInfo, warn: (line: string) => void): ImageLock | null {
+  try {
+    return lockImage(image.path, { shared: true, what: `image '${image.name}'` });
+  } catch (err) {
+    if (!(err instanceof ImageError) || err.kind !== 'busy') throw err;
+    warn(`image '${image.name}' is in use by a running machine; exporting it as it is now (the archive may be inconsistent)`);
+    return null;
+  }
+}
+
+async function writeExport(options: ExportOptions, image: ImageInfo, compression: Compression): Promise<{ bytes: number; compression: Compression }> {
+  const { kind, file, signal } = options;
 
   const temp = file === '-' ? null : join(dirname(resolve(file)), tempEntryName(basename(file)));
   const out: Writable = temp ? createWriteStream(temp, { flags: 'wx', mode: 0o644 }) : (options.stdout ?? process.stdout);
-  const progress = createProgress(`Exporting ${options.name}`, options.progress === undefined ? {} : { enabled: options.progress });
+  const progress = createProgress(`Exporting ${options.name}`, { observer: options.onProgress, ...(options.progress === undefined ? {} : { enabled: options.progress }) });
   const encoder = createEncoder(compression);
   const producer =
     kind === 'tar'

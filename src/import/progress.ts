@@ -40,7 +40,10 @@ export function renderProgress(label: string, bytes: number, total: number | nul
   return `${label} [${'#'.repeat(filled)}${'.'.repeat(barWidth - filled)}]${tail}`.slice(0, width);
 }
 
-export function createProgress(label: string, options: { enabled?: boolean; stream?: NodeJS.WriteStream } = {}): Progress {
+/** Where progress goes besides the bar: the transfer's record for list-transfers. */
+export type ProgressObserver = (bytes: number, total: number | null) => void;
+
+export function createProgress(label: string, options: { enabled?: boolean; stream?: NodeJS.WriteStream; observer?: ProgressObserver | undefined } = {}): Progress {
   const out = options.stream ?? process.stderr;
   const enabled = options.enabled ?? Boolean(out.isTTY);
   let total: number | null = null;
@@ -59,6 +62,7 @@ export function createProgress(label: string, options: { enabled?: boolean; stre
     },
     update: (b) => {
       bytes = b;
+      options.observer?.(b, total);
       if (!enabled) return;
       const now = Date.now();
       if (now - last < 100) return; // 10 redraws a second are plenty

@@ -8,7 +8,7 @@ import { UserError } from '../common/errors.js';
 import { HashingCounter } from './checksums.js';
 import { checkUrl, fetchOptional, openUrl } from './http.js';
 import { assertLocalName, defaultNameFromUrl, stripImageSuffixes, urlLastComponent, type ImageKind } from './names.js';
-import { createProgress } from './progress.js';
+import { createProgress, type ProgressObserver } from './progress.js';
 import { TransferCanceled, unpackRaw, unpackTar } from './unpack.js';
 import { assertDigest, ChecksumSource, siblingUrl, type VerifyMode } from './verify.js';
 import { WorkEntry } from './work-entry.js';
@@ -26,6 +26,8 @@ export interface PullOptions {
   progress?: boolean;
   /** Informational lines (what is happening); default: none. */
   log?: (line: string) => void;
+  /** Bytes transferred so far (and the total when known), for the transfer's record. */
+  onProgress?: ProgressObserver;
 }
 
 export interface TransferResult {
@@ -61,7 +63,7 @@ export async function pull(options: PullOptions): Promise<TransferResult> {
   const file = urlLastComponent(url);
 
   const entry = await WorkEntry.create(name, kind === 'tar' ? 'directory' : 'raw', { force: options.force || downloadOnly });
-  const progress = createProgress(`Pulling ${file}`, options.progress === undefined ? {} : { enabled: options.progress });
+  const progress = createProgress(`Pulling ${file}`, { observer: options.onProgress, ...(options.progress === undefined ? {} : { enabled: options.progress }) });
   try {
     const sums = new ChecksumSource(options.verify, signal);
     const expected = await sums.expectedFor(url);

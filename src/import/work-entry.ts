@@ -1,11 +1,12 @@
 // The hidden pool entry a transfer builds its image in, and the one step that publishes it.
 // Everything before commit() happens under ".#mctl-PID-RAND-NAME"; a failure or Ctrl-C removes
 // it, and one left by a killed process (kill -9, power loss) is recognised by its dead PID and
-// removed by the next transfer or by cleanStaleTransfers() (which `mctl clean` can call).
+// removed by the next transfer or by cleanStaleTransfers() (`mctl clean`, and the service's CleanPool).
 import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UserError } from '../common/errors.js';
+import { isValidHostname } from '../common/names.js';
 import { lockImage, lockImageName, markImageReadOnly, poolPath, findImage, type ImageLock } from '../image/index.js';
 import { tempEntryName, tempEntryOwner } from './names.js';
 
@@ -19,26 +20,61 @@ function processAlive(pid: number): boolean {
   }
 }
 
-/** Remove work entries whose transfer process is gone. Returns the names removed. */
-export async function cleanStaleTransfers(pool = poolPath()): Promise<string[]> {
-  let names: string[];
+/**
+ * The image names a work entry may belong to. "NAME.raw" is itself a valid image name, so an
+ * entry ending in ".raw" could be a raw transfer to NAME or a tar transfer to NAME.raw: both.
+ */
+function entryImageNames(entry: string): string[] {
+  const rest = entry.replace(/^\.#mctl-[0-9]+-[0-9a-f]{8}-/, '');
+  const names = [rest];
+  for (const suffix of ['.raw', '.hoist', '.nspawn']) if (rest.endsWith(suffix)) names.push(rest.slice(0, -suffix.length));
+  return names.filter((n) => isValidHostname(n));
+}
+
+/** Take the name reservation of every name NAMES may be; null when a live operation holds one. */
+function reserveNames(names: string[], ours: string | undefined): ImageLock[] | null {
+  const held: ImageLock[] = [];
+  for (const name of names) {
+    if (name === ours) continue; // this process holds it: the PID check has spoken
+    try {
+      held.push(lockImageName(name));
+    } catch {
+      for (const l of held) l.release();
+      return null;
+    }
+  }
+  return held;
+}
+
+/**
+ * Remove work entries of interrupted transfers (kill -9, power loss) and return their names.
+ * An entry is stale only when its PID is gone AND nobody holds the image-name reservation a
+ * running transfer keeps for its whole life; the PID alone is not trusted, because a transfer
+ * in another PID namespace (or a recycled PID) would fool it. The reservation is held while the
+ * entry is removed, so a new transfer to that name cannot start meanwhile. systemd itself only
+ * removes "/var/lib/machines/.#*" at boot (tmpfiles "R!"); stock machined never lists them.
+ */
+export async function cleanStaleTransfers(pool = poolPath(), options: { reservedByUs?: string } = {}): Promise<string[]> {
+  let entries: string[];
   try {
-    names = readdirSync(pool);
+    entries = readdirSync(pool);
   } catch {
     return [];
   }
   const removed: string[] = [];
-  for (const name of names) {
-    const owner = tempEntryOwner(name);
+  for (const entry of entries) {
+    const owner = tempEntryOwner(entry);
     if (owner === null || processAlive(owner)) continue;
-    await rm(join(pool, name), { recursive: true, force: true });
-    removed.push(name);
-    // the dead transfer's name reservation file: take and drop it, which also unlinks it
-    const image = name.replace(/^\.#mctl-[0-9]+-[0-9a-f]{8}-/, '').replace(/\.raw$/, '');
+    const names = entryImageNames(entry);
+    if (names.length === 0) continue;
+    const held = reserveNames(names, options.reservedByUs);
+    if (!held) continue; // a transfer (or clone/rename) to that name is running
     try {
-      lockImageName(image).release();
-    } catch {
-      // held by a live transfer of that name, or not a valid name: leave it
+      await rm(join(pool, entry), { recursive: true, force: true });
+      removed.push(entry);
+    } finally {
+      // releasing also unlinks the dead transfer's reservation file
+      for (const l of held) l.release();
     }
   }
   return removed;
@@ -94,7 +130,7 @@ export class WorkEntry {
     const entry = new WorkEntry(pool, name, kind, lock);
     try {
       if (!options.force) entry.assertFree();
-      await cleanStaleTransfers(pool);
+      await cleanStaleTransfers(pool, { reservedByUs: name });
       if (kind === 'directory') await mkdir(entry.path, { mode: 0o755 });
       return entry;
     } catch (err) {

@@ -106,7 +106,12 @@ export const imageOperations = {
   async cleanPool(mode: string): Promise<unknown[]> {
     if (mode !== 'all' && mode !== 'hidden') throw new BusError(ERR.InvalidArgs, `Unknown mode '${mode}'.`);
     const removed = await mapped(() => cleanPool(mode));
-    return [removed.map((r) => [r.name, size(r.usage)])];
+    // Work entries of interrupted transfers (".#mctl-PID-…"): never images, so the store skips
+    // them; a transfer still running keeps its name reservation and is left alone. Loaded on
+    // first use: the import part is large and CleanPool is rare.
+    const { cleanStaleTransfers } = await import('../import/index.js');
+    const transfers = await cleanStaleTransfers(poolPath());
+    return [[...removed.map((r) => [r.name, size(r.usage)]), ...transfers.map((name) => [name, UINT64_MAX])]];
   },
   hostname: (name: string): Promise<unknown[]> => mapped(async () => [(await imageMetadata(name)).hostname]),
   machineId: (name: string): Promise<unknown[]> => mapped(async () => [(await imageMetadata(name)).machineId]),

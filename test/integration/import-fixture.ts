@@ -132,6 +132,9 @@ export async function startServer(): Promise<TestServer> {
     const source = route.file ? createReadStream(route.file, { highWaterMark: 1 << 16 }) : null;
     if (!source) return res.end(route.data);
     let sent = 0;
+    // paused for either reason until both are over (a drain must not cut a rate pause short)
+    let blocked = false;
+    let waiting = false;
     source.on('data', (chunk: Buffer) => {
       if (route.dropAfter !== undefined && sent + chunk.length > route.dropAfter) {
         res.write(chunk.subarray(0, route.dropAfter - sent));
@@ -141,12 +144,20 @@ export async function startServer(): Promise<TestServer> {
       }
       sent += chunk.length;
       if (!res.write(chunk)) {
+        blocked = true;
         source.pause();
-        res.once('drain', () => source.resume());
+        res.once('drain', () => {
+          blocked = false;
+          if (!waiting) source.resume();
+        });
       }
       if (route.rate) {
+        waiting = true;
         source.pause();
-        setTimeout(() => source.resume(), (chunk.length / route.rate) * 1000);
+        setTimeout(() => {
+          waiting = false;
+          if (!blocked) source.resume();
+        }, (chunk.length / route.rate) * 1000);
       }
     });
     source.on('end', () => res.end());

@@ -10,6 +10,8 @@ import { isJson, printJson, renderFields, renderTable } from '../output.js';
 import { cgroupTreeLines, containerCgroupFromLeader, unitCgroupFromLeader } from '../cgroup-tree.js';
 import { propertiesJson, renderProperties } from '../properties.js';
 import { withSession, machineName, stringList, type Args } from '../run.js';
+import { unitJournal } from '../journal.js';
+import { UserError } from '../../common/errors.js';
 import type { Session } from '../session.js';
 
 interface ListArgs {
@@ -153,7 +155,7 @@ export async function machineStatus(s: Session, m1: Machine1, name: string): Pro
   };
 }
 
-function renderStatus(st: MachineStatus, s: Session, full: boolean): string {
+function renderStatus(st: MachineStatus, s: Session, full: boolean, journal: string[]): string {
   const p = s.paint;
   const fields: [string, string][] = [];
   if (st.since) fields.push(['Since', `${formatTimestamp(BigInt(st.since))}; ${formatRelative(BigInt(st.since))}`]);
@@ -171,12 +173,20 @@ function renderStatus(st: MachineStatus, s: Session, full: boolean): string {
   // A machine registered without a unit (no systemd) still has a control group to show.
   if (st.unit) fields.push(['Unit', [st.unit, ...tree].join('\n')]);
   else if (st.cgroup) fields.push(['CGroup', [st.cgroup, ...tree].join('\n')]);
-  return `${p.bold(st.name)}${st.id ? `(${st.id})` : ''}\n${renderFields(fields)}`;
+  // machinectl prints the journal excerpt after an empty line
+  return `${p.bold(st.name)}${st.id ? `(${st.id})` : ''}\n${renderFields(fields)}${journal.length ? `\n${journal.join('\n')}\n` : ''}`;
+}
+
+function lineCount(v: unknown): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new UserError(`invalid --lines '${String(v)}'`, { hint: 'a number of lines, 0 for none', exitCode: 2 });
+  return n;
 }
 
 interface StatusArgs {
   name: string[];
   full: boolean;
+  lines: unknown;
 }
 
 const status: CommandModule<GlobalArgs, Args<StatusArgs>> = {
@@ -185,15 +195,20 @@ const status: CommandModule<GlobalArgs, Args<StatusArgs>> = {
   builder: (y) =>
     y
       .positional('name', { type: 'string', array: true, demandOption: true, describe: 'machine name' })
-      .option('full', { alias: 'l', type: 'boolean', default: false, describe: 'Do not shorten process command lines' }),
+      .option('full', { alias: 'l', type: 'boolean', default: false, describe: 'Do not shorten process command lines and journal lines' })
+      .option('lines', { alias: 'n', type: 'string', default: '10', describe: 'Journal lines to show (0 for none)' }),
   handler: (argv) =>
     withSession(argv, async (s) => {
       const names = stringList(argv.name).map(machineName);
+      const lines = lineCount(argv.lines);
       const m1 = new Machine1(s);
       const all: MachineStatus[] = [];
       for (const n of names) all.push(await machineStatus(s, m1, n));
       if (isJson(argv.output)) return printJson(names.length === 1 ? all[0] : all, argv.output);
-      process.stdout.write(all.map((st) => renderStatus(st, s, argv.full)).join('\n'));
+      // Only the local journal, as machinectl: with -M the unit lives in the container's journal.
+      const width = argv.full || !process.stdout.isTTY ? Infinity : Math.max(40, process.stdout.columns ?? 80);
+      const journals = await Promise.all(all.map((st) => (argv.machine ? [] : unitJournal(st.unit, { lines, sinceUsec: st.since, width }))));
+      process.stdout.write(all.map((st, i) => renderStatus(st, s, argv.full, journals[i] ?? [])).join('\n'));
     }),
 };
 
