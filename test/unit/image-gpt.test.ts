@@ -6,6 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeSync, mkdirSync, writeFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
+import { crc32 as zlibCrc32 } from 'node:zlib';
 import { crc32, guidToBytes, guidToString, readPartitionTable, CorruptPartitionTableError } from '../../src/image/gpt.js';
 import { discoverPartitions, expectedVarUuid, compareVersions, DPS_TYPE, rootTypeFor, GPT_FLAG } from '../../src/image/dps.js';
 import { dissectImage, probeFilesystem } from '../../src/image/dissect.js';
@@ -59,6 +60,9 @@ function corrupt(path: string, offset: number): void {
 test('crc32 matches the IEEE check value', () => {
   assert.equal(crc32(Buffer.from('123456789')), 0xcbf43926);
   assert.equal(crc32(Buffer.alloc(0)), 0);
+  // Every length around the 8-byte steps, and a GPT-sized array, agree with zlib's.
+  const data = Buffer.from(Array.from({ length: 16384 + 7 }, (_v, i) => (i * 131 + (i >> 3)) & 0xff));
+  for (const n of [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 16384, 16391]) assert.equal(crc32(data.subarray(0, n)), zlibCrc32(data.subarray(0, n)), `length ${n}`);
 });
 
 test('GUIDs round-trip through their mixed-endian on-disk form', () => {
