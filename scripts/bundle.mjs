@@ -57,6 +57,39 @@ const keepModuleSemantics = {
   },
 };
 
+/**
+ * string-width (yargs and cliui measure help text with it) creates an Intl.Segmenter and an
+ * RGI_Emoji regular expression when loaded, ~15 ms, and yargs renders the command's help on
+ * every command it runs (to cache it). Importers get a stand-in that answers printable ASCII
+ * itself, as string-width 8's own first fast path does (width = length), and loads the
+ * package on the first other string.
+ */
+const lazyStringWidth = {
+  name: 'lazy-string-width',
+  setup(b) {
+    b.onResolve({ filter: /^string-width$/ }, async (args) => {
+      if (args.pluginData?.real) return undefined;
+      const real = await b.resolve(args.path, { resolveDir: args.resolveDir, importer: args.importer, kind: args.kind, pluginData: { real: true } });
+      if (real.errors.length > 0) return { errors: real.errors };
+      return { path: real.path, namespace: 'lazy-string-width' };
+    });
+    // require() inside the function: esbuild bundles the real module as an init function.
+    b.onLoad({ filter: /.*/, namespace: 'lazy-string-width' }, (args) => ({
+      contents: [
+        'let real;',
+        'export default function stringWidth(input, options) {',
+        "  if (typeof input === 'string' && /^[\\u0020-\\u007E]*$/.test(input)) return input.length;",
+        `  real ??= require(${JSON.stringify(args.path)}).default;`,
+        '  return real(input, options);',
+        '}',
+        '',
+      ].join('\n'),
+      resolveDir: dirname(args.path),
+      loader: 'js',
+    }));
+  },
+};
+
 // The bundle lives in dist/bundle/, two levels below the package root. Found through
 // module.filename, not __dirname: esbuild keeps a bundled module's own top-level `__dirname`
 // (yargs' ESM shim declares one) under that name, and the var shadows the wrapper's.
@@ -86,7 +119,7 @@ export async function bundlePrograms() {
     supported: { 'dynamic-import': false },
     // Native addons load from node_modules as usual; x11 is an optional dbus-next transport.
     external: ['koffi', 'usocket', 'x11'],
-    plugins: [keepModuleSemantics],
+    plugins: [keepModuleSemantics, lazyStringWidth],
     banner: { js: BANNER },
     // A leftover import.meta would silently become {} in CommonJS output: fail instead.
     logOverride: { 'empty-import-meta': 'error' },
