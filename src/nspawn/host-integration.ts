@@ -3,8 +3,8 @@
 // writable root) the files are changed in the tree as systemd-nspawn does; otherwise (read-only,
 // ephemeral or volatile root) the copy modes fall back to read-only bind mounts, as nspawn does
 // for a read-only /etc, and "delete" does nothing.
-import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { UserError } from '../common/errors.js';
 import type { LinkJournalMode, ResolvConfMode, TimezoneMode } from './options.js';
 import type { MountOp } from './spec.js';
@@ -149,32 +149,125 @@ export function setupTimezone(requested: TimezoneMode, ctx: IntegrationContext):
   return [];
 }
 
+/** What --link-journal does: mounts for the container, and the undo of host changes for a failed start. */
+export interface JournalLink {
+  mounts: MountOp[];
+  /** Removes what was created on the host (a guest symlink, a fresh host directory); null if nothing. */
+  undo: (() => void) | null;
+  /** A line for the user when a try-/auto mode skipped the link for a reason worth knowing. */
+  warning: string | null;
+}
+
+function isMountPoint(path: string): boolean {
+  try {
+    return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
+  } catch {
+    return false;
+  }
+}
+
+/** The host's own machine id (/etc/machine-id), or null when it has none. */
+function hostMachineId(ctx: IntegrationContext): string | null {
+  try {
+    const id = readFileSync(join(ctx.host?.etc ?? '/etc', 'machine-id'), 'utf8').trim();
+    return /^[0-9a-f]{32}$/.test(id) ? id : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
- * --link-journal. host/try-host: the journal lives in the host's /var/log/journal/ID and is
- * bound into the container; auto does that only when the host directory exists (nspawn's rule).
- * guest/try-guest would need a host symlink into the container's tree that outlives the run;
- * mctl treats them like auto (documented difference).
+ * --link-journal, as systemd-nspawn 252's setup_journal(), with MACHINE-ID the container's id
+ * (--uuid, the tree's /etc/machine-id or the random one), P the host's
+ * /var/log/journal/MACHINE-ID and Q the tree's:
+ *   no                 nothing; nothing either with --ephemeral (the journal dies with the layer)
+ *   host / try-host    mkdir P on the host (not its parents) and bind it onto Q
+ *   guest / try-guest  P becomes a symlink to Q (left in place, so the host's journalctl sees the
+ *                      container's journal); the journal stays in the tree
+ *   auto               P a directory: bind it; P a symlink to Q (an earlier guest run): keep it
+ * Failures (host and machine ids equal, P or Q already a mount point, a P that is in the way)
+ * are errors for host/guest; try-* and auto skip the link instead (with a warning where nspawn
+ * warns).
  */
-export function setupLinkJournal(mode: LinkJournalMode, machineId: string | null, ctx: IntegrationContext): MountOp[] {
-  if (mode === 'no') return [];
+export function setupLinkJournal(mode: LinkJournalMode, machineId: string, ctx: IntegrationContext & { ephemeral?: boolean }): JournalLink {
+  const none: JournalLink = { mounts: [], undo: null, warning: null };
+  if (mode === 'no' || ctx.ephemeral) return none;
+  const tryOnly = mode === 'auto' || mode.startsWith('try-');
+  const guest = mode === 'guest' || mode === 'try-guest';
+  const host = mode === 'host' || mode === 'try-host';
+  const fail = (why: string): JournalLink => {
+    if (tryOnly) return none;
+    throw new UserError(`--link-journal=${mode}: ${why}`);
+  };
+  const hostId = hostMachineId(ctx);
+  // nspawn fails even under auto here; a host without a machine id simply gets no link from auto/try-*
+  if (hostId === null) return fail(`the host has no machine ID in ${join(ctx.host?.etc ?? '/etc', 'machine-id')}`);
+  if (hostId === machineId) {
+    const why = `host and machine ids are equal (${machineId}): refusing to link journals`;
+    if (tryOnly) return { ...none, warning: why };
+    throw new UserError(`--link-journal=${mode}: ${why}`);
+  }
+  const treeJournal = join(ctx.root, 'var/log/journal');
+  if (!existsSync(treeJournal)) {
+    if (!ctx.treeWritable) return fail(`${treeJournal} does not exist and the tree is read-only`);
+    mkdirSync(treeJournal, { recursive: true, mode: 0o755 });
+  }
   const journalRoot = ctx.host?.journal ?? '/var/log/journal';
-  if (machineId === null) {
-    if (mode === 'host' || mode === 'guest') throw new UserError(`--link-journal=${mode}: the container has no /etc/machine-id`);
-    return [];
-  }
-  const hostDir = join(journalRoot, machineId);
-  const want = mode === 'host' || mode === 'try-host';
-  if (want && !existsSync(hostDir)) {
-    if (!existsSync(journalRoot)) {
-      if (mode === 'host') throw new UserError(`--link-journal=host: the host has no ${journalRoot}`);
-      return [];
+  const p = join(journalRoot, machineId);
+  const q = join(treeJournal, machineId);
+  if (isMountPoint(p)) return fail(`${p}: already a mount point, refusing to use for journal`);
+  if (isMountPoint(q)) return fail(`${q}: already a mount point, refusing to use for journal`);
+  const makeQ = (): void => {
+    if (!existsSync(q) && ctx.treeWritable) mkdirSync(q, { mode: 0o755 });
+  };
+
+  if (isSymlink(p)) {
+    if ((guest || mode === 'auto') && resolve(journalRoot, readlinkSync(p)) === q) {
+      makeQ();
+      return none;
     }
-    mkdirSync(hostDir, { mode: 0o2755 });
+    unlinkSync(p); // a stale link (another tree): nspawn replaces it
+  } else if (lexists(p) && guest) {
+    // a host directory in the way of the guest symlink: only an empty one may go
+    try {
+      rmdirSync(p);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      return fail(code === 'ENOTDIR' ? `${p} already exists and is neither a symlink nor a directory` : `cannot remove ${p}: ${code}`);
+    }
   }
-  if (!existsSync(hostDir)) {
-    if (mode === 'guest') throw new UserError('--link-journal=guest is not supported by mctl-nspawn (use host or auto)');
-    return [];
+
+  if (guest) {
+    try {
+      symlinkSync(q, p);
+    } catch (err) {
+      return fail(`cannot link ${p} to ${q}: ${(err as NodeJS.ErrnoException).code}`);
+    }
+    makeQ();
+    return { mounts: [], undo: () => rmSync(p, { force: true }), warning: null };
   }
-  if (!ctx.treeWritable && !existsSync(join(ctx.root, 'var/log/journal'))) return [];
-  return [{ kind: 'bind', source: hostDir, destination: `/var/log/journal/${machineId}`, readOnly: false, recursive: false }];
+
+  let undo: (() => void) | null = null;
+  if (host) {
+    try {
+      mkdirSync(p, { mode: 0o755 });
+      undo = () => rmdirQuiet(p);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EEXIST') return fail(`cannot create ${p}: ${code}`);
+    }
+  } else if (!existsSync(p)) {
+    return none;
+  }
+  if (!existsSync(q) && !ctx.treeWritable) return fail(`${q} does not exist and the tree is read-only`);
+  makeQ();
+  return { mounts: [{ kind: 'bind', source: p, destination: `/var/log/journal/${machineId}`, readOnly: false, recursive: false }], undo, warning: null };
+}
+
+function rmdirQuiet(path: string): void {
+  try {
+    rmdirSync(path);
+  } catch {
+    // not empty any more: the container wrote to it, keep it
+  }
 }

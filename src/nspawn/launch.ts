@@ -106,6 +106,9 @@ export function helperArgs(spec: ContainerSpec, user: ResolvedUser, env: readonl
     'gid', String(user.gid),
     'chdir', spec.payload.chdir ?? (spec.payload.kind === 'command' && spec.payload.argv.length === 0 ? user.home : '/'),
   ];
+  const limit = (v: bigint | null): string => (v === null ? 'infinity' : v.toString());
+  for (const r of spec.rlimits ?? []) a.push('rlimit', String(r.resource), limit(r.soft), limit(r.hard));
+  if (spec.oomScoreAdjust !== undefined) a.push('oom-score-adjust', String(spec.oomScoreAdjust));
   const userns = spec.namespaces.userNamespace;
   if (userns) a.push(...(userns.pickLockDir ? ['userns-pick', userns.pickLockDir] : ['userns', String(userns.uidShift), String(userns.uidRange)]));
   if (userns?.rootView) a.push('userns-root', userns.rootView.kind, userns.rootView.at);

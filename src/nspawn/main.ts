@@ -6,12 +6,13 @@ import { join } from 'node:path';
 import { runMain, UserError } from '../common/errors.js';
 import { parseCommandLine, checkConflicts, helpText, mentionsNetworkOption, type ContainerOptions, type ConsoleMode as OptionConsoleMode } from './options.js';
 import { loadSettings, mergeSettings } from './settings.js';
-import { deriveMachineName, ephemeralName, chooseMachineId, readTreeMachineId } from './machine-id.js';
+import { deriveMachineName, ephemeralName, chooseMachineId } from './machine-id.js';
 import { prepareDirectory, planRoot } from './mounts-plan.js';
 import { setupResolvConf, setupTimezone, setupLinkJournal } from './host-integration.js';
 import { credentialHostFiles, credentialEnvironment } from './credentials.js';
 import { defaultBoundingSet, CAPABILITY_NAMES } from './capabilities.js';
 import { SIGRTMIN } from './signals.js';
+import { RLIMIT_NAMES, type RlimitName } from './rlimits.js';
 import type { ConsoleMode, ContainerSpec } from './spec.js';
 
 const SIGKILL = 9;
@@ -124,11 +125,10 @@ runMain('mctl-nspawn', async () => {
     // With mctl's own addressing + NAT the container reaches what the host reaches: resolv.conf as on the host.
     const ctx = { root, treeWritable: plan.treeWritable, privateNetwork: privateNetwork && !(netPlan?.veth && netPlan.auto && !netPlan.bridge) };
     // Host integration first, so the user's own mounts can still override these paths.
-    const integration = [
-      ...setupResolvConf(o.resolvConf ?? 'auto', ctx),
-      ...setupTimezone(o.timezone ?? 'auto', ctx),
-      ...setupLinkJournal(o.linkJournal ?? 'auto', readTreeMachineId(root), ctx),
-    ];
+    const journal = setupLinkJournal(o.linkJournal ?? 'auto', uuid, { ...ctx, ephemeral: o.ephemeral === true });
+    if (journal.undo) plan.cleanup.push(journal.undo);
+    if (journal.warning) say(cl.quiet, `mctl-nspawn: ${journal.warning}`);
+    const integration = [...setupResolvConf(o.resolvConf ?? 'auto', ctx), ...setupTimezone(o.timezone ?? 'auto', ctx), ...journal.mounts];
     netUsers = network
       ? await network.prepareNetworkAndUserns({ machineName, root, network: o.network, userns: o.userns, treeWritable: plan.treeWritable })
       : { privateNetwork: false, hostLikeConnectivity: false, userNamespace: null, root, afterNamespaces: [], onAbort: [], cleanup: async () => undefined };
@@ -161,6 +161,8 @@ runMain('mctl-nspawn', async () => {
       cgroup: null,
       containerManager: 'mctl',
       quiet: cl.quiet,
+      rlimits: Object.entries(o.rlimits ?? {}).map(([name, l]) => ({ resource: RLIMIT_NAMES.indexOf(name as RlimitName), soft: l.soft, hard: l.hard })),
+      ...(o.oomScoreAdjust !== undefined ? { oomScoreAdjust: o.oomScoreAdjust } : {}),
     };
 
     const { Registration, registrationPlan } = await import('./register.js');

@@ -8,6 +8,7 @@ import { parseSignal } from './signals.js';
 import { CAPABILITY_NAMES, capabilityNumber } from './capabilities.js';
 // network.ts pulls in the whole networking stack: only its types here; main.ts loads it when needed.
 import type { NetOptionDef, NetworkSettings as NetworkOptionSettings, UsernsSettings } from './network.js';
+import { parseOomScoreAdjust, parseRlimitAssignment, type Rlimits } from './rlimits.js';
 import { readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 
@@ -83,6 +84,10 @@ export interface ContainerOptions {
   network?: NetworkOptionSettings;
   /** --private-users*, -U; see network.ts and userns.ts. */
   userns?: UsernsSettings;
+  /** --rlimit= / Limit*=, per resource. */
+  rlimits?: Rlimits;
+  /** --oom-score-adjust= / OOMScoreAdjust=. */
+  oomScoreAdjust?: number;
 }
 
 export interface CommandLine {
@@ -449,6 +454,15 @@ export const OPTIONS: OptionDef[] = [
   },
   // nspawn requires the argument; we also take the bare flag (it can only mean "yes").
   { long: 'no-new-privileges', arg: 'optional', apply: (cl, v) => void (cl.options.noNewPrivileges = v === undefined ? true : parseBoolean(v)) },
+  {
+    long: 'rlimit',
+    arg: 'required',
+    apply: (cl, v) => {
+      const [name, limit] = parseRlimitAssignment(v!);
+      cl.options.rlimits = { ...cl.options.rlimits, [name]: limit };
+    },
+  },
+  { long: 'oom-score-adjust', arg: 'required', apply: (cl, v) => void (cl.options.oomScoreAdjust = parseOomScoreAdjust(v!)) },
   { long: 'resolv-conf', arg: 'required', apply: (cl, v) => void (cl.options.resolvConf = parseResolvConf(v!)) },
   { long: 'timezone', arg: 'required', apply: (cl, v) => void (cl.options.timezone = parseTimezone(v!)) },
   { long: 'link-journal', arg: 'required', apply: (cl, v) => void (cl.options.linkJournal = parseLinkJournal(v!)) },
@@ -645,6 +659,12 @@ Security:
      --drop-capability=CAP  Drop this capability from the defaults
      --no-new-privileges[=BOOL]
                             Set PR_SET_NO_NEW_PRIVS for the payload
+
+Resources:
+     --rlimit=NAME=LIMIT    Resource limit for the payload: NAME is NOFILE, NPROC,
+                            CORE, AS, CPU… (RLIMIT_ optional), LIMIT is
+                            SOFT[:HARD] or infinity (default NOFILE: 1024 soft)
+     --oom-score-adjust=N   OOM score adjustment of the payload (-1000..1000)
 
 Integration:
      --resolv-conf=MODE     /etc/resolv.conf: off, copy-host, bind-host,

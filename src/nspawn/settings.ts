@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { UserError } from '../common/errors.js';
+import { parseOomScoreAdjust, parseRlimitValue, RLIMIT_NAMES } from './rlimits.js';
 import {
   ValueError, parseBoolean, parseVolatile, parseKillSignal, parseId128, parseHostnameValue, parseEnvironment,
   parseAbsolutePath, parseBind, parseTmpfs, parseOverlay, parseInaccessible, parseResolvConf, parseTimezone,
@@ -47,13 +48,10 @@ export interface SettingsFile {
 
 // Keys whose values are checked but which this launcher does not act on (yet).
 const UNSUPPORTED = new Set([
-  'Exec.PivotRoot', 'Exec.AmbientCapability', 'Exec.Personality', 'Exec.SystemCallFilter', 'Exec.OOMScoreAdjust',
+  'Exec.PivotRoot', 'Exec.AmbientCapability', 'Exec.Personality', 'Exec.SystemCallFilter',
   'Exec.CPUAffinity', 'Exec.SuppressSync', 'Files.BindUser',
 ]);
-const LIMITS = [
-  'CPU', 'FSIZE', 'DATA', 'STACK', 'CORE', 'RSS', 'NOFILE', 'AS', 'NPROC', 'MEMLOCK', 'LOCKS', 'SIGPENDING',
-  'MSGQUEUE', 'NICE', 'RTPRIO', 'RTTIME',
-].map((l) => `Limit${l}`);
+const LIMITS = RLIMIT_NAMES.map((l) => `Limit${l}`);
 
 /** Keys an untrusted file may not set (systemd.nspawn(5), "untrusted" settings). */
 const UNTRUSTED_IGNORED = new Set([
@@ -138,9 +136,7 @@ const KEYS: Record<string, Applier> = {
   'Exec.PrivateUsers': (s, v) => void (s.userNamespace.privateUsers = v),
   'Exec.NotifyReady': (s, v) => void (o(s).notifyReady = parseBoolean(v)),
   'Exec.SystemCallFilter': ignoreChecked(() => undefined),
-  'Exec.OOMScoreAdjust': ignoreChecked((v) => {
-    if (!/^-?[0-9]+$/.test(v) || Math.abs(Number(v)) > 1000) throw new ValueError(`invalid OOM score adjustment '${v}'`);
-  }),
+  'Exec.OOMScoreAdjust': (s, v) => void (o(s).oomScoreAdjust = parseOomScoreAdjust(v)),
   'Exec.CPUAffinity': ignoreChecked((v) => {
     if (!/^[0-9,\s-]*$/.test(v)) throw new ValueError(`invalid CPU list '${v}'`);
   }),
@@ -149,9 +145,9 @@ const KEYS: Record<string, Applier> = {
   'Exec.Timezone': (s, v) => void (o(s).timezone = parseTimezone(v)),
   'Exec.LinkJournal': (s, v) => void (o(s).linkJournal = parseLinkJournal(v)),
   'Exec.SuppressSync': ignoreChecked(parseBoolean),
-  ...Object.fromEntries(LIMITS.map((l) => [`Exec.${l}`, ignoreChecked((v: string) => {
-    if (!/^(infinity|[0-9]+[A-Za-z]*)(:(infinity|[0-9]+[A-Za-z]*))?$/.test(v)) throw new ValueError(`invalid limit '${v}'`);
-  })])),
+  ...Object.fromEntries(RLIMIT_NAMES.map((name) => [`Exec.Limit${name}`, (s: SettingsFile, v: string) => {
+    o(s).rlimits = { ...o(s).rlimits, [name]: parseRlimitValue(name, v) };
+  }])),
   'Files.ReadOnly': (s, v) => void (o(s).readOnly = parseBoolean(v)),
   'Files.Volatile': (s, v) => void (o(s).volatile = parseVolatile(v)),
   'Files.Bind': mount((v) => parseBind(v, false)),
@@ -216,8 +212,7 @@ export function parseSettings(text: string, path: string, trusted: boolean): Set
       if (err instanceof ValueError) throw new UserError(`${where}: ${key}=: ${err.message}`);
       throw err;
     }
-    const name = full.startsWith('Exec.Limit') ? 'Exec.Limit*' : full;
-    if ((UNSUPPORTED.has(full) || name === 'Exec.Limit*') && !s.unsupported.includes(key)) s.unsupported.push(key);
+    if (UNSUPPORTED.has(full) && !s.unsupported.includes(key)) s.unsupported.push(key);
   }
   return s;
 }
@@ -279,5 +274,7 @@ export function mergeSettings(cmdline: ContainerOptions, file: SettingsFile | nu
   };
   for (const g of GROUPS) take(g);
   for (const k of Object.keys(fileOpts) as Array<keyof ContainerOptions>) if (!grouped.has(k)) take([k]);
+  // each Limit*= is a setting of its own (nspawn masks them one by one)
+  if (fileOpts.rlimits) merged.rlimits = mode === 'override' ? { ...cmdline.rlimits, ...fileOpts.rlimits } : { ...fileOpts.rlimits, ...cmdline.rlimits };
   return merged;
 }

@@ -174,6 +174,19 @@ export interface ContainerSpec {
   containerManager: string;
   /** -q: do not print the "Spawning container" / "Container X exited" lines. */
   quiet: boolean;
+  /**
+   * --rlimit: limits for the container's PID 1 (resource = Linux RLIMIT_* number, null = infinity).
+   * Without a NOFILE entry the runtime lowers the soft NOFILE limit to 1024, as nspawn does.
+   */
+  rlimits?: RlimitSpec[];
+  /** --oom-score-adjust for the container's PID 1; undefined = inherit. */
+  oomScoreAdjust?: number;
+}
+
+export interface RlimitSpec {
+  resource: number;
+  soft: bigint | null;
+  hard: bigint | null;
 }
 
 /** Environment defaults of PID 1 in the container, in nspawn's order; spec.payload.env is applied over them. */

@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, writeFileSync, rmSync, symlinkSync, readlinkSync, readFileSync, existsSync, lstatSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync, symlinkSync, readlinkSync, readFileSync, existsSync, lstatSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseCommandLine } from '../../src/nspawn/options.js';
@@ -154,17 +154,46 @@ test('timezone modes', () => {
   assert.deepEqual(setupTimezone('off', ctx), []);
 });
 
-test('link-journal: auto binds the host directory only when it exists', () => {
+test('link-journal: the modes of nspawn 252 (host dir bound, guest symlink, auto follows either)', () => {
   const journal = join(dir, 'journal');
+  const hostEtc = join(dir, 'hostetc-journal');
   mkdirSync(journal);
-  const ctx = { root, treeWritable: true, privateNetwork: false, host: { journal } };
+  mkdirSync(hostEtc);
+  writeFileSync(join(hostEtc, 'machine-id'), 'ffffffffffffffffffffffffffffffff\n');
+  const ctx = { root, treeWritable: true, privateNetwork: false, host: { journal, etc: hostEtc } };
   const id = '0123456789abcdef0123456789abcdef';
-  assert.deepEqual(setupLinkJournal('auto', id, ctx), []);
-  assert.deepEqual(setupLinkJournal('no', id, ctx), []);
-  assert.deepEqual(setupLinkJournal('try-host', id, ctx), [{ kind: 'bind', source: join(journal, id), destination: `/var/log/journal/${id}`, readOnly: false, recursive: false }]);
-  assert.equal(setupLinkJournal('auto', id, ctx).length, 1);
-  assert.throws(() => setupLinkJournal('host', null, ctx), /no \/etc\/machine-id/);
-  assert.deepEqual(setupLinkJournal('try-guest', null, ctx), []);
+  const p = join(journal, id);
+  const q = join(root, 'var/log/journal', id);
+  const bind = [{ kind: 'bind', source: p, destination: `/var/log/journal/${id}`, readOnly: false, recursive: false }];
+  assert.deepEqual(setupLinkJournal('auto', id, ctx).mounts, [], 'auto: no host directory, no link');
+  assert.deepEqual(setupLinkJournal('no', id, ctx).mounts, []);
+  assert.deepEqual(setupLinkJournal('try-host', id, { ...ctx, ephemeral: true }).mounts, [], 'nothing with --ephemeral');
+  const host = setupLinkJournal('host', id, ctx);
+  assert.deepEqual(host.mounts, bind);
+  assert.ok(statSync(p).isDirectory() && statSync(q).isDirectory());
+  assert.deepEqual(setupLinkJournal('auto', id, ctx).mounts, bind, 'auto: the host directory exists now');
+  host.undo!();
+  assert.ok(!existsSync(p), 'a failed start removes the host directory it created');
+  const guest = setupLinkJournal('guest', id, ctx);
+  assert.deepEqual(guest.mounts, []);
+  assert.equal(readlinkSync(p), q, 'guest: the host path is a symlink to the tree');
+  assert.deepEqual(setupLinkJournal('auto', id, ctx).mounts, [], 'auto keeps an earlier guest link');
+  assert.equal(readlinkSync(p), q);
+  assert.deepEqual(setupLinkJournal('host', id, ctx).mounts, bind, 'host replaces the guest link');
+  assert.ok(statSync(p).isDirectory() && !lstatSync(p).isSymbolicLink());
+  writeFileSync(join(p, 'system.journal'), '');
+  assert.throws(() => setupLinkJournal('guest', id, ctx), /--link-journal=guest: cannot remove .*: ENOTEMPTY/);
+  assert.deepEqual(setupLinkJournal('try-guest', id, ctx).mounts, [], 'try-guest skips instead');
+  // the host's own id, and a host without one
+  assert.throws(() => setupLinkJournal('host', 'ffffffffffffffffffffffffffffffff', ctx), /host and machine ids are equal/);
+  assert.match(setupLinkJournal('auto', 'ffffffffffffffffffffffffffffffff', ctx).warning ?? '', /refusing to link journals/);
+  rmSync(join(hostEtc, 'machine-id'));
+  assert.throws(() => setupLinkJournal('guest', id, ctx), /--link-journal=guest: the host has no machine ID in .*machine-id/);
+  assert.deepEqual(setupLinkJournal('try-host', id, ctx).mounts, []);
+  // a read-only tree without the directory: host fails, try-host skips
+  writeFileSync(join(hostEtc, 'machine-id'), 'ffffffffffffffffffffffffffffffff\n');
+  const other = '11111111111111111111111111111111';
+  assert.throws(() => setupLinkJournal('host', other, { ...ctx, treeWritable: false }), /does not exist and the tree is read-only/);
 });
 
 test('credentials land in /run/host/credentials with tight modes', () => {

@@ -80,7 +80,8 @@ test('every section and key parses into options, network and user-namespace sett
   assert.deepEqual(o.mounts?.map((m) => `${m.kind}:${m.destination}`), ['bind:/data', 'bind:/etc/hosts', 'tmpfs:/scratch', 'inaccessible:/secret', 'overlay:/merged', 'overlay:/ro']);
   assert.deepEqual(s.network, { private: true, virtualEthernet: true, port: ['tcp:8080:80', 'udp:53'], zone: 'web' });
   assert.deepEqual(s.userNamespace, { privateUsers: 'pick' });
-  assert.deepEqual(s.unsupported, ['LimitNOFILE']);
+  assert.deepEqual(o.rlimits, { NOFILE: { soft: 1024n, hard: 4096n } });
+  assert.deepEqual(s.unsupported, []);
   assert.deepEqual(s.warnings, []);
 });
 
@@ -92,6 +93,7 @@ test('an untrusted file cannot grant privileges', () => {
   assert.equal(o.uuid, undefined);
   assert.equal(o.mounts, undefined);
   assert.equal(o.linkJournal, undefined);
+  assert.equal(o.rlimits, undefined, 'Limit*= needs a trusted file');
   assert.deepEqual(s.network, {});
   assert.deepEqual(s.userNamespace, {});
   assert.equal(o.startMode, 'boot', 'harmless keys still apply');

@@ -18,6 +18,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -609,6 +610,48 @@ static void exec_payload(const struct config *c)
 	fail("failed to execute %s: %s", c->argv[0], strerror(errno));
 }
 
+/* setrlimit, or the nearest the kernel allows (nspawn's setrlimit_closest): a hard limit above
+ * what may be set (NOFILE above fs.nr_open, for example) becomes the highest allowed one. */
+static int setrlimit_closest(int resource, struct rlimit want)
+{
+	if (setrlimit(resource, &want) == 0)
+		return 0;
+	if (errno != EPERM)
+		return -1;
+	struct rlimit cur;
+	if (getrlimit(resource, &cur) < 0)
+		return -1;
+	struct rlimit closest = { want.rlim_cur < cur.rlim_max ? want.rlim_cur : cur.rlim_max,
+				  want.rlim_max < cur.rlim_max ? want.rlim_max : cur.rlim_max };
+	return setrlimit(resource, &closest);
+}
+
+/* --rlimit (before capabilities are dropped: raising a hard limit needs CAP_SYS_RESOURCE),
+ * nspawn's default soft NOFILE of 1024 (select()'s FD_SETSIZE; Node raised ours to the hard
+ * limit), --oom-score-adjust (lowering it needs CAP_SYS_RESOURCE too). */
+static void apply_resource_limits(const struct config *c)
+{
+	bool nofile = false;
+	for (size_t i = 0; i < c->n_rlimits; i++) {
+		struct rlimit rl = { c->rlimits[i].soft == ~0ULL ? RLIM_INFINITY : (rlim_t)c->rlimits[i].soft,
+				     c->rlimits[i].hard == ~0ULL ? RLIM_INFINITY : (rlim_t)c->rlimits[i].hard };
+		if (setrlimit_closest(c->rlimits[i].resource, rl) < 0)
+			fail("failed to set resource limit %d: %s", c->rlimits[i].resource, strerror(errno));
+		nofile |= c->rlimits[i].resource == RLIMIT_NOFILE;
+	}
+	struct rlimit rl;
+	if (!nofile && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 1024) {
+		rl.rlim_cur = 1024;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (c->has_oom_score_adjust) {
+		char v[16];
+		snprintf(v, sizeof(v), "%d", c->oom_score_adjust);
+		if (write_file("/proc/self/oom_score_adj", v) < 0)
+			fail("failed to adjust the OOM score: %s", strerror(errno));
+	}
+}
+
 void child_main(const struct config *c, int sock)
 {
 	report_sock = sock;
@@ -703,6 +746,8 @@ void child_main(const struct config *c, int sock)
 		if (con > 2)
 			close(con);
 	}
+
+	apply_resource_limits(c);
 
 	if (c->as_pid2) {
 		pid_t pid = fork();

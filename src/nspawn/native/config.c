@@ -79,7 +79,19 @@ int config_parse(struct config *c, int argc, char **argv)
 			if (c->n_groups >= sizeof(c->groups) / sizeof(c->groups[0])) die("too many supplementary groups");
 			c->groups[c->n_groups++] = (gid_t)parse_ulong(k, v, 10);
 		} else if (!strcmp(k, "chdir")) c->chdir = v;
-		else if (!strcmp(k, "bus")) c->bus_address = v;
+		else if (!strcmp(k, "rlimit")) {
+			/* rlimit RESOURCE SOFT HARD ("infinity" = RLIM_INFINITY) */
+			NEED(3);
+			if (c->n_rlimits >= sizeof(c->rlimits) / sizeof(c->rlimits[0])) die("internal: too many rlimits");
+			c->rlimits[c->n_rlimits].resource = (int)parse_ulong(k, v, 10);
+			c->rlimits[c->n_rlimits].soft = strcmp(argv[i + 2], "infinity") ? strtoull(argv[i + 2], NULL, 10) : ~0ULL;
+			c->rlimits[c->n_rlimits].hard = strcmp(argv[i + 3], "infinity") ? strtoull(argv[i + 3], NULL, 10) : ~0ULL;
+			c->n_rlimits++;
+			used = 4;
+		} else if (!strcmp(k, "oom-score-adjust")) {
+			c->has_oom_score_adjust = true;
+			c->oom_score_adjust = atoi(v);
+		} else if (!strcmp(k, "bus")) c->bus_address = v;
 		else if (!strcmp(k, "bus-fd")) c->bus_fd = (int)parse_ulong(k, v, 10);
 		else if (!strcmp(k, "bus-trust")) {
 			if (c->n_bus_trusted >= sizeof(c->bus_trusted) / sizeof(c->bus_trusted[0])) die("too many trusted bus names");

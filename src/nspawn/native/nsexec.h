@@ -75,6 +75,10 @@ struct config {
 	int bus_fd;              /* supervise: the connection's fd in the container child (-1 = none) */
 	const char *bus_trusted[8]; /* unique names whose RequestStop is obeyed */
 	size_t n_bus_trusted;
+	struct { int resource; unsigned long long soft, hard; } rlimits[16]; /* ~0ULL = infinity */
+	size_t n_rlimits;
+	bool has_oom_score_adjust;
+	int oom_score_adjust;
 	char *const *argv; /* payload argv (NULL-terminated); may be empty */
 	size_t argc;
 };
@@ -96,6 +100,7 @@ int mkdir_p(const char *path, mode_t mode);
 int send_fds(int sock, char tag, const char *text, const int *fds, size_t n_fds);
 ssize_t recv_fds(int sock, char *buf, size_t len, int *fds, size_t *n_fds);
 const char *signal_name(int sig);
+int remove_tree(const char *path);
 
 /* bus.c: a scope controller's D-Bus connection */
 int bus_open(const char *address, char *unique, size_t unique_len);

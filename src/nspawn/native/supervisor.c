@@ -121,6 +121,12 @@ static void finish(const struct config *c, int status, bool setup_failed, bool k
 {
 	restore_terminal();
 	cgroup_remove(cg_unified, cg_systemd);
+	/* a persistent --overlay's work dir: the container is gone, so is its use (nspawn removes it too) */
+	for (size_t i = 0; i < c->n_mounts; i++) {
+		const struct mount_op *m = &c->mounts[i];
+		if (m->kind == MOUNT_OVERLAY && !m->temporary_upper && m->extra && *m->extra && remove_tree(m->extra) < 0 && errno != ENOENT)
+			warnx_("cannot remove the overlay work directory %s: %s", m->extra, strerror(errno));
+	}
 	if (setup_failed)
 		_exit(1);
 	if (killed_by_escape) {

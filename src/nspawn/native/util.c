@@ -1,7 +1,9 @@
 /* Small helpers shared by the helper's parts: messages, files, fd passing. */
+#define _GNU_SOURCE /* nftw */
 #include "nsexec.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -152,4 +154,19 @@ const char *signal_name(int sig)
 		snprintf(buf, sizeof(buf), "%d", sig);
 		return buf;
 	}
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (type == FTW_DP)
+		return rmdir(path) < 0 && errno != ENOENT ? -1 : 0;
+	return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+/* rm -rf PATH without crossing into other file systems or following symlinks. */
+int remove_tree(const char *path)
+{
+	return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
