@@ -1,6 +1,8 @@
 // org.freedesktop.machine1.Image objects and the Manager's image methods (systemd's
 // image-dbus.c), on top of the image store (src/image). Image objects are not kept: every
 // call looks the image up by name, so images added or removed behind our back just work.
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { busLabelUnescape } from '../dbus/escape.js';
 import {
   cleanPool,
@@ -15,7 +17,9 @@ import {
   renameImage,
   setImageLimit,
   setPoolLimit,
+  type ImageErrorKind,
   type ImageInfo,
+  type ImageMetadata,
 } from '../image/index.js';
 import { BusError, ERR, errnoError } from './errors.js';
 import type { CallContext, HandlerResult, InterfaceImpl } from './bus-objects.js';
@@ -88,6 +92,40 @@ export function imageChildren(): string[] {
   }
 }
 
+const METADATA_HELPER = fileURLToPath(new URL('./metadata-helper.js', import.meta.url));
+const METADATA_TIMEOUT_MS = 60_000;
+
+/**
+ * An image's identity files. Directory trees are read in place (plain file reads); raw and block
+ * images must be mounted, which blocks (staging lock, loop devices, losetup), so that happens in
+ * a child process (metadata-helper.ts) while the event loop keeps serving.
+ */
+async function metadataOf(name: string): Promise<ImageMetadata> {
+  const image = requireImage(name);
+  if (image.type === 'directory' || image.type === 'subvolume') return imageMetadata(name);
+  const out = await new Promise<string>((resolve, reject) => {
+    const child = spawn(process.execPath, [METADATA_HELPER, name], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let text = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), METADATA_TIMEOUT_MS);
+    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    child.on('error', (e) => reject(new BusError(ERR.Failed, `cannot read image '${name}': ${e.message}`)));
+    child.on('close', (_code, signal) => {
+      clearTimeout(timer);
+      if (signal) reject(new BusError(ERR.Failed, `reading image '${name}' did not finish within ${METADATA_TIMEOUT_MS / 1000} s`));
+      else resolve(text);
+    });
+  });
+  let reply: { ok?: Omit<ImageMetadata, 'machineId'> & { machineId: string }; error?: { kind: ImageErrorKind | null; message: string } };
+  try {
+    reply = JSON.parse(out) as typeof reply;
+  } catch {
+    throw new BusError(ERR.Failed, `cannot read image '${name}'`);
+  }
+  if (reply.ok) return { ...reply.ok, machineId: Buffer.from(reply.ok.machineId, 'hex') };
+  const e = reply.error;
+  throw e?.kind ? new ImageError(e.kind, e.message) : new BusError(ERR.Failed, e?.message ?? `cannot read image '${name}'`);
+}
+
 /** Image operations by name, shared by Image.X and Manager.XImage(name, …). */
 export const imageOperations = {
   list(): unknown[] {
@@ -113,10 +151,10 @@ export const imageOperations = {
     const transfers = await cleanStaleTransfers(poolPath());
     return [[...removed.map((r) => [r.name, size(r.usage)]), ...transfers.map((name) => [name, UINT64_MAX])]];
   },
-  hostname: (name: string): Promise<unknown[]> => mapped(async () => [(await imageMetadata(name)).hostname]),
-  machineId: (name: string): Promise<unknown[]> => mapped(async () => [(await imageMetadata(name)).machineId]),
-  machineInfo: (name: string): Promise<unknown[]> => mapped(async () => [(await imageMetadata(name)).machineInfo]),
-  osRelease: (name: string): Promise<unknown[]> => mapped(async () => [(await imageMetadata(name)).osRelease]),
+  hostname: (name: string): Promise<unknown[]> => mapped(async () => [(await metadataOf(name)).hostname]),
+  machineId: (name: string): Promise<unknown[]> => mapped(async () => [(await metadataOf(name)).machineId]),
+  machineInfo: (name: string): Promise<unknown[]> => mapped(async () => [(await metadataOf(name)).machineInfo]),
+  osRelease: (name: string): Promise<unknown[]> => mapped(async () => [(await metadataOf(name)).osRelease]),
 };
 
 export const managerPoolProperties = {
