@@ -159,7 +159,10 @@ export function resolveNetwork(s: NetworkSettings = {}): NetworkPlan {
   if (p.namespacePath && (others || p.ports.length > 0)) {
     throw new UserError('--network-namespace-path= may not be combined with other network options (except --private-network)');
   }
-  if (others || p.namespacePath) p.privateNetwork = true;
+  if (others) p.privateNetwork = true;
+  // A joined namespace is not one the runtime creates (no CLONE_NEWNET): to the runtime this is
+  // "no private network", and the container gets no CAP_NET_ADMIN over someone else's namespace.
+  if (p.namespacePath) p.privateNetwork = false;
   if (p.ports.length > 0 && !p.privateNetwork) throw new UserError('--port= needs private networking (e.g. --network-veth)');
   if (p.ports.length > 0 && !(p.veth && p.auto && !p.bridge)) {
     throw new UserError('--port= needs a veth or zone link with automatic addressing', { hint: 'use --network-veth or --network-zone, without --network-auto=no' });
@@ -247,8 +250,9 @@ export interface NetUsernsInput {
 export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<NetUsernsSetup> {
   const plan = resolveNetwork(input.network);
   if (plan.namespacePath) {
-    // Joining an existing namespace needs setns() in the runtime before the container forks; not there yet.
-    throw new UserError('--network-namespace-path= is not supported by this build yet');
+    // This thread enters the namespace now; the runtime started from it inherits it (see src/net/netns.ts).
+    const { joinNetworkNamespace } = await import('../net/netns.js');
+    joinNetworkNamespace(plan.namespacePath);
   }
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];

@@ -170,6 +170,9 @@ test('bad input: one line on stderr, exit 1, nothing left behind', async () => {
     [['--network-zone=z', '--network-bridge=br0'], /may not be combined/],
     [['-p', '80'], /--port= needs private networking/],
     [['--private-users=5:0'], /invalid --private-users/],
+    [['--network-namespace-path=/etc/hostname'], /--network-namespace-path: \/etc\/hostname does not refer to a network namespace/],
+    [[`--network-namespace-path=/run/netns/none${id}`], /--network-namespace-path: cannot open .*ENOENT/],
+    [['--network-namespace-path=/proc/self/ns/net', '--network-veth'], /may not be combined/],
   ];
   for (const [args, msg] of cases) {
     const res = run(['env', `MCTL_NET_STATE_DIR=${stateDir}`, `MCTL_NET_TABLE=${cfg.table}`, nspawn, '-q', '--register=no', '--read-only', '--console=pipe', '-D', debianTree(), '-M', name, ...args, '/bin/true']);
@@ -179,4 +182,26 @@ test('bad input: one line on stderr, exit 1, nothing left behind', async () => {
     assert.doesNotMatch(res.stderr, /\n\s+at /);
   }
   assert.deepEqual(await waitClean(name), []);
+});
+
+test('--network-namespace-path: the container runs in that namespace (also under -U); the host\'s is untouched', async () => {
+  const ns = `tnp${id}`;
+  must(['ip', 'netns', 'add', ns]);
+  try {
+    must(['ip', '-n', ns, 'link', 'add', `tnpa${id}`, 'type', 'veth', 'peer', 'name', `tnpb${id}`]);
+    const inode = must(['stat', '-L', '-c', '%i', `/run/netns/${ns}`]).trim();
+    const hostNs = must(['readlink', '/proc/self/ns/net']).trim();
+    for (const extra of [[], ['-U'], ['--private-network']]) {
+      const res = run([nspawn, '-q', '--register=no', '--read-only', '--console=pipe', '-D', debianTree(), '-M', `t-netl-${id}-ns`, ...extra,
+        `--network-namespace-path=/run/netns/${ns}`, '/bin/sh', '-c', 'readlink /proc/self/ns/net; ip -br link | cut -d" " -f1 | cut -d@ -f1']);
+      assert.equal(res.status, 0, `${extra.join(' ')}: ${res.stderr}`);
+      const [nsLink, ...links] = res.stdout.trim().split('\n');
+      assert.equal(nsLink, `net:[${inode}]`, `${extra.join(' ')}: the container is in the given namespace`);
+      assert.deepEqual(links.sort(), ['lo', `tnpa${id}`, `tnpb${id}`].sort());
+    }
+    assert.equal(must(['readlink', '/proc/self/ns/net']).trim(), hostNs);
+    assert.doesNotMatch(must(['ip', '-br', 'link']), new RegExp(`tnp[ab]${id}`), 'its links stay in that namespace');
+  } finally {
+    run(['ip', 'netns', 'del', ns]);
+  }
 });
