@@ -9,7 +9,6 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from '../helpers/images.js';
 import { must, run } from '../helpers/netns.js';
-import { sweepIdmapDirs } from '../../src/nspawn/userns.js';
 
 const nspawn = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
 const id = randomBytes(2).toString('hex');
@@ -31,7 +30,6 @@ after(() => {
   for (const p of procs) p.kill('SIGKILL');
   if (loop) run(['losetup', '-d', loop]);
   rmSync(dir, { recursive: true, force: true });
-  sweepIdmapDirs('/run/mctl-idmap');
 });
 
 const exited = (p: ChildProcess): Promise<unknown> => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((res) => p.once('exit', res)));
@@ -41,8 +39,7 @@ function leaderOf(supervisor: number): number {
     if (!existsSync(`/proc/${supervisor}`)) throw new Error('the launcher exited before the container started');
     const kids = run(['pgrep', '-P', String(supervisor)]).stdout.trim().split('\n').filter(Boolean).map(Number);
     for (const k of kids) {
-      // The container is the child in another PID namespace (not the short-lived `unshare --user`
-      // that prepares the idmap, nor the network collector).
+      // The container is the child in another PID namespace (not a short-lived helper child).
       try {
         if (readlinkSync(`/proc/${k}/ns/pid`) !== readlinkSync('/proc/self/ns/pid')) return k;
       } catch {
@@ -140,4 +137,35 @@ test('three -U containers at once get disjoint ranges; locks are gone afterwards
     const r = run(['flock', '-n', `/run/systemd/nspawn-uid/${s}`, 'true']);
     assert.ok(!after.includes(String(s)) || r.status === 0, `lock for ${s} released`);
   }
+});
+
+test('-U leaves nothing in the mount table: before, while running and after, identical (also with a shared /)', () => {
+  // A private mount namespace of our own, so mounts made by others on this machine meanwhile
+  // cannot show up; / is made shared in it, as on every systemd host.
+  const gate = `${dir}/gate`;
+  must(['mkdir', '-m', '0777', gate]);
+  must(['chmod', '0755', dir]); // the bind source is opened by the container's (unprivileged) root
+  const script = `
+    mount --make-rshared /
+    cat /proc/self/mountinfo > ${dir}/mi-before
+    ${nspawn} -q --register=no --console=pipe --read-only --timezone=off --resolv-conf=off -U -D ${debianTree()} -M t-userns-${id}-m \\
+      --bind=${gate}:/gate /bin/sh -c 'touch /gate/up; while [ ! -e /gate/go ]; do sleep 0.05; done' &
+    while [ ! -e ${gate}/up ] && kill -0 $! 2>/dev/null; do sleep 0.05; done
+    cat /proc/self/mountinfo > ${dir}/mi-during
+    touch ${gate}/go
+    wait $! || exit 9
+    cat /proc/self/mountinfo > ${dir}/mi-after`;
+  const r = run(['unshare', '--mount', '--propagation', 'private', '--', '/bin/sh', '-c', script]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(existsSync(`${gate}/up`), 'the container ran');
+  // Mount entries without the superblock options (those belong to file systems shared with the
+  // rest of the machine, where other jobs may remount them meanwhile).
+  const table = (f: string): string[] => readFileSync(`${dir}/${f}`, 'utf8').trim().split('\n').map((l) => {
+    const [mnt = '', sb = ''] = l.split(' - ');
+    return `${mnt} - ${sb.split(' ').slice(0, 2).join(' ')}`;
+  });
+  const diff = (a: string[], b: string[]): string => [...a.filter((l) => !b.includes(l)).map((l) => `- ${l}`), ...b.filter((l) => !a.includes(l)).map((l) => `+ ${l}`)].join('\n');
+  const before = table('mi-before');
+  assert.equal(diff(before, table('mi-during')), '', 'nothing of the container in our mount table while it runs');
+  assert.equal(diff(before, table('mi-after')), '', 'nothing left after it ended');
 });

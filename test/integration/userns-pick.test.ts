@@ -1,27 +1,46 @@
-// UID range picking: nspawn's algorithm with lock files, under real concurrency (10 processes
-// picking at the same moment), and --private-users parsing.
+// UID range picking, done by the native helper next to the clone: nspawn's algorithm with lock
+// files, under real concurrency (10 launchers with one name starting at the same moment), the
+// hashed first guess bit for bit as systemd computes it, a held range skipped, and
+// --private-users parsing. Runs the built bin/mctl-nspawn on the read-only Debian tree.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, readdirSync, mkdirSync, chownSync } from 'node:fs';
-import { pickUidRange, parsePrivateUsers, parseOwnership, resolveUidRange, UID_BASE_MIN, UID_BASE_MAX, UID_RANGE } from '../../src/nspawn/userns.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, readdirSync, mkdirSync, chmodSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parsePrivateUsers, parseOwnership, fixedRange, UID_BASE_MIN, UID_BASE_MAX, UID_RANGE } from '../../src/nspawn/userns.js';
+import { siphash24, hexKey } from '../../src/net/siphash.js';
+import { LockFile } from '../../src/net/lockfile.js';
+import { debianTree } from '../helpers/images.js';
 
-const userns = new URL('../../src/nspawn/userns.ts', import.meta.url).href;
+const nspawn = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
+// --timezone/--resolv-conf off: the read-only cached tree must never be written.
+const common = ['-q', '--register=no', '--console=pipe', '--read-only', '--timezone=off', '--resolv-conf=off', '--private-users=pick', '--private-users-ownership=map'];
 
-test('10 launchers picking at the same moment never get overlapping ranges', async () => {
+/** systemd's first guess for a machine name: siphash24(name) folded into the window. */
+function hashedGuess(name: string): number {
+  const v = siphash24(name, hexKey('e156e0f04af041af9641cf413394ff72'));
+  return Number((v % BigInt(UID_BASE_MAX - UID_BASE_MIN)) + BigInt(UID_BASE_MIN)) & 0xffff0000;
+}
+
+function shiftOf(stdout: string): number {
+  const [inside, outside, count] = stdout.trim().split('\n')[0]!.trim().split(/\s+/).map(Number);
+  assert.equal(inside, 0);
+  assert.equal(count, UID_RANGE);
+  return outside!;
+}
+
+test('10 launchers with one name starting at the same moment get 10 disjoint ranges; locks die with them', async () => {
   const dir = mkdtempSync('/tmp/mctl-userns-');
   try {
     const locks = `${dir}/locks`;
-    const root = `${dir}/root`;
-    mkdirSync(root);
-    // All ten share one name and one (shifted) image owner, so their first two candidates collide.
-    chownSync(root, 0x200000, 0x200000);
-    const script = `
-      const { pickUidRange } = await import(${JSON.stringify(userns)});
-      const r = pickUidRange('same-name', ${JSON.stringify(root)}, { lockDir: ${JSON.stringify(locks)} });
-      process.stdout.write(r.shift + '\\n');
-      process.stdin.resume(); process.stdin.on('end', () => process.exit(0));`;
-    const kids = Array.from({ length: 10 }, () => spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] }));
+    const gate = `${dir}/gate`;
+    mkdirSync(gate);
+    chmodSync(dir, 0o755); // the bind source is opened by the container's (unprivileged) root
+    const env = { ...process.env, MCTL_UID_LOCK_DIR: locks };
+    // Each prints its map, then waits for the gate file, so all ten hold their ranges at once.
+    const kids = Array.from({ length: 10 }, () =>
+      spawn(nspawn, [...common, '-M', 't-userns-same', '-D', debianTree(), `--bind-ro=${gate}:/gate`, '/bin/sh', '-c', 'cat /proc/self/uid_map; while [ ! -e /gate/go ]; do sleep 0.05; done'], { env, stdio: ['ignore', 'pipe', 'inherit'] }),
+    );
     const shifts = await Promise.all(
       kids.map(
         (k) =>
@@ -29,45 +48,55 @@ test('10 launchers picking at the same moment never get overlapping ranges', asy
             let out = '';
             k.stdout?.on('data', (b: Buffer) => {
               out += String(b);
-              if (out.endsWith('\n')) resolve(Number(out.trim()));
+              if (out.includes('\n')) resolve(shiftOf(out));
             });
-            k.once('exit', (c) => reject(new Error(`picker exited ${c}`)));
+            k.once('exit', (c) => reject(new Error(`launcher exited ${c} before printing its map`)));
           }),
       ),
     );
-    // While all ten still hold their locks:
+    const codes = Promise.all(kids.map((k) => new Promise((r) => (k.exitCode !== null ? r(k.exitCode) : k.once('exit', r)))));
+    assert.ok(kids.every((k) => k.exitCode === null), 'all ten still run');
     assert.equal(new Set(shifts).size, 10, `distinct: ${shifts.map((s) => s.toString(16)).join(' ')}`);
+    for (const s of shifts) assert.ok(s >= UID_BASE_MIN && s <= UID_BASE_MAX && s % UID_RANGE === 0, s.toString(16));
+    assert.ok(shifts.includes(hashedGuess('t-userns-same')), 'one of them got the hashed first guess');
+    assert.deepEqual(readdirSync(locks).map(Number).sort(), [...shifts].sort());
+    writeFileSync(`${gate}/go`, '');
+    assert.deepEqual(await codes, Array(10).fill(0));
+    // Locks die with their holders (the supervisors): every range can be taken again.
     for (const s of shifts) {
-      assert.ok(s >= UID_BASE_MIN && s <= UID_BASE_MAX && s % UID_RANGE === 0, s.toString(16));
+      const l = LockFile.tryAcquire(`${locks}/${s}`);
+      assert.ok(l, `lock ${s} free again`);
+      l.release();
     }
-    assert.ok(shifts.includes(0x200000), "one got the image owner's range");
-    assert.equal(readdirSync(locks).length, 10);
-    for (const k of kids) k.stdin?.end();
-    await Promise.all(kids.map((k) => new Promise((r) => (k.exitCode !== null ? r(null) : k.once('exit', r)))));
-    // Locks die with their holders: the owner's range is free again.
-    const again = pickUidRange('other', root, { lockDir: locks });
-    assert.equal(again.shift, 0x200000);
-    again.lock?.release();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('pick: same name gives the same first guess; a held range is skipped', () => {
-  const dir = mkdtempSync('/tmp/mctl-userns-');
+test('pick: the first guess is siphash24(name) as systemd computes it; a held range is skipped', () => {
+  const locks = mkdtempSync('/tmp/mctl-userns-locks-');
+  const env = { ...process.env, MCTL_UID_LOCK_DIR: locks };
+  const start = (name: string): number => {
+    const r = spawnSync(nspawn, [...common, '-M', name, '-D', debianTree(), '/bin/cat', '/proc/self/uid_map'], { env, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return shiftOf(r.stdout);
+  };
   try {
-    const a = pickUidRange('t-userns-x', null, { lockDir: dir });
-    const b = pickUidRange('t-userns-x', null, { lockDir: dir, random: () => 0x12345678 });
-    assert.notEqual(a.shift, b.shift);
-    a.lock?.release();
-    const c = pickUidRange('t-userns-x', null, { lockDir: dir });
-    assert.equal(c.shift, a.shift, 'siphash24(name) guess is stable');
-    b.lock?.release();
-    c.lock?.release();
-    // A root owned by uid 0 (unshifted image) is outside the window: falls through to the hash.
-    assert.equal(pickUidRange('t-userns-x', '/', { lockDir: dir }).shift, a.shift);
+    const name = 't-userns-guess';
+    assert.equal(start(name), hashedGuess(name));
+    assert.equal(start(name), hashedGuess(name), 'stable across starts');
+    // Someone (stock nspawn, say) holds that range: an OFD lock, the kind systemd takes.
+    const held = LockFile.tryAcquire(`${locks}/${hashedGuess(name)}`);
+    assert.ok(held);
+    try {
+      const other = start(name);
+      assert.notEqual(other, hashedGuess(name));
+      assert.ok(other >= UID_BASE_MIN && other <= UID_BASE_MAX && other % UID_RANGE === 0);
+    } finally {
+      held.release();
+    }
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    rmSync(locks, { recursive: true, force: true });
   }
 });
 
@@ -81,6 +110,6 @@ test('--private-users and --private-users-ownership parsing', () => {
   for (const bad of ['', 'maybe', '-5', '1:2:3', '10:0', '4294967290:100', 'x:5']) assert.throws(() => parsePrivateUsers(bad), /invalid --private-users/, bad);
   assert.equal(parseOwnership('map'), 'map');
   assert.throws(() => parseOwnership('idmap'), /invalid --private-users-ownership 'idmap'/);
-  assert.deepEqual(resolveUidRange({ mode: 'identity' }, 'x', '/'), { shift: 0, range: 65536, lock: null });
-  assert.equal(resolveUidRange({ mode: 'no' }, 'x', '/'), null);
+  assert.deepEqual(fixedRange({ mode: 'identity' }, '/'), { shift: 0, range: 65536 });
+  assert.equal(fixedRange({ mode: 'pick' }, '/'), null);
 });
