@@ -4,9 +4,11 @@
 // program. Ours does more here (addresses, default routes, NAT, loopback-capable forwards);
 // stock nspawn only creates the link and the DNAT rules. Stock nspawn needs a bus for
 // --network-veth, so a private dbus-daemon is started for it. Our collector (which removes the
-// rules after each run) runs in the background and is not timed.
+// rules after each run, in the background once the container is gone) is not timed, and the
+// next run waits (untimed) until it has finished: otherwise that Node process would compete
+// for the CPU with whatever is timed next, ours or nspawn's.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, readdirSync } from 'node:fs';
 import { compare, timeCommand } from './lib.mjs';
 import { OURS, debianTree } from './nspawn-common.mjs';
 
@@ -26,14 +28,32 @@ export default async function run() {
   // run's collector, which is a different measurement (and stock nspawn has no such step).
   let n = 0;
   const fresh = (argv) => argv.map((a) => (a === 'bench-net' || a === 'bench-userns' ? `${a}-${n++}` : a));
-  const time = (argv) => () => timeCommand(fresh(argv), { env });
+  // Until no state of ours is left (the collectors are done), at most 3 s.
+  const settle = async () => {
+    for (let i = 0; i < 300; i++) {
+      let left = [];
+      try {
+        left = readdirSync(`${dir}/net/machines`).filter((f) => f.endsWith('.json'));
+      } catch {
+        /* nothing yet */
+      }
+      if (left.length === 0) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  const timed = async (argv) => {
+    const ms = timeCommand(fresh(argv), { env });
+    await settle();
+    return ms;
+  };
+  const time = (argv) => () => timed(argv);
   const common = ['-q', '--register=no', '--keep-unit', '--read-only', '--timezone=off', '--resolv-conf=off', '-D', tree];
   const ref = ['systemd-nspawn', ...common];
   const ours = [OURS, '--console=pipe', ...common];
   const veth = ['-M', 'bench-net', '--network-veth', '-p', '18777:80'];
   const userns = ['-M', 'bench-userns', '--private-users=pick', '--private-users-ownership=map'];
   const tru = ['/bin/true'];
-  const diff = (a, b) => () => timeCommand(fresh(a), { env }) - timeCommand(fresh(b), { env });
+  const diff = (a, b) => async () => (await timed(a)) - (await timed(b));
   // Stock nspawn leaves its (empty) io.systemd.nat tables behind; remove them if we caused them.
   const natExisted = spawnSync('nft', ['list', 'table', 'ip', 'io.systemd.nat'], { stdio: 'ignore' }).status === 0;
   try {

@@ -253,8 +253,10 @@ function checkLinkExists(name: string, what: string, kind?: string): void {
   if (kind && link.kind !== kind) throw new UserError(`${what} '${name}' is not a ${kind}`);
 }
 
+/** Set a sysctl under /proc/sys/net unless it already has the value (an unchanged host stays untouched). */
 function writeSysctl(path: string, value: string): void {
-  writeFileSync(`/proc/sys/net/${path}`, value);
+  const file = `/proc/sys/net/${path}`;
+  if (readFileSync(file, 'utf8').trim() !== value) writeFileSync(file, value);
 }
 
 /** Start loading what setupMachineNetwork needs (on worker threads), ahead of the container's creation. */
