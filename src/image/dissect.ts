@@ -55,6 +55,11 @@ export interface DissectedImage {
   table: PartitionTable | undefined;
   /** In mount order: root first. */
   partitions: ImagePartition[];
+  /**
+   * A /usr-only image (DPS usr partition, no root partition): the root is an empty tmpfs with
+   * the usr partition at /usr (systemd's DISSECT_IMAGE_USR_NO_ROOT).
+   */
+  usrOnly: boolean;
   ignored: Discovery['ignored'];
 }
 
@@ -82,12 +87,14 @@ export function dissectReader(path: string, read: ReadAt, size: number, options:
       layout: 'filesystem',
       table: undefined,
       partitions: [{ designator: 'root', mountPoint: '/', number: 0, offset: 0, size, fstype, readOnly: READ_ONLY_FS.has(fstype), uuid: '', label: '' }],
+      usrOnly: false,
       ignored: [],
     };
   }
   const discovery = discoverPartitions(table, options.arch ? { arch: options.arch } : {});
   const root = discovery.partitions.root;
-  if (!root) {
+  const usrOnly = !root && discovery.partitions.usr !== undefined;
+  if (!root && !usrOnly) {
     throw new DiskImageError(`${path}: ${describeLayout(table)} disk has no root partition for this architecture (Discoverable Partitions type, or a single generic Linux partition)`);
   }
   const partitions: ImagePartition[] = [];
@@ -96,12 +103,12 @@ export function dissectReader(path: string, read: ReadAt, size: number, options:
     if (!p) continue;
     const fstype = probeFilesystem(read, p.offset, p.size);
     if (!fstype || fstype === 'swap') {
-      if (designator === 'root') throw new DiskImageError(`${path}: root partition ${p.number} holds no known file system (ext4, btrfs, xfs, squashfs, erofs)`);
+      if (designator === 'root' || (designator === 'usr' && usrOnly)) throw new DiskImageError(`${path}: ${designator} partition ${p.number} holds no known file system (ext4, btrfs, xfs, squashfs, erofs)`);
       discovery.ignored.push({ number: p.number, reason: `${designator} partition holds no known file system` });
       continue;
     }
     if (fstype === 'vfat' && designator !== 'esp' && designator !== 'xbootldr') {
-      if (designator === 'root') throw new DiskImageError(`${path}: root partition ${p.number} is a FAT file system`);
+      if (designator === 'root' || (designator === 'usr' && usrOnly)) throw new DiskImageError(`${path}: ${designator} partition ${p.number} is a FAT file system`);
       discovery.ignored.push({ number: p.number, reason: `${designator} partition is FAT` });
       continue;
     }
@@ -117,7 +124,7 @@ export function dissectReader(path: string, read: ReadAt, size: number, options:
       label: p.label,
     });
   }
-  return { path, size, layout: table.scheme, table, partitions, ignored: discovery.ignored };
+  return { path, size, layout: table.scheme, table, partitions, usrOnly, ignored: discovery.ignored };
 }
 
 /** Dissect an image file or block device. */

@@ -17,7 +17,7 @@
 // with autoclear, and our fd on it is closed as soon as it is mounted: from then on the mount is
 // the device's only user, and unmounting (or the death of the last mount namespace holding a
 // copy) makes the kernel detach it.
-import { closeSync, constants as fsc, fstatSync, mkdirSync, openSync, readdirSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants as fsc, fstatSync, mkdirSync, openSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { MNT, MS, mount, ofdLock, umount2 } from '../sys/libc.js';
 import { attachLoop, type LoopDevice } from '../sys/loop.js';
@@ -60,6 +60,8 @@ export interface MountedImage {
   stagingDir: string;
   /** Effective read-only state (requested, or forced by a read-only image file). */
   readOnly: boolean;
+  /** The root is a tmpfs holding the image's usr partition (a /usr-only image). */
+  usrOnly: boolean;
   dissected: DissectedImage;
   mounted: MountedPartition[];
   /** Partitions found but not mounted, with why. */
@@ -136,6 +138,41 @@ function placeFor(root: string, p: ImagePartition, rootWritable: boolean, used: 
   }
 }
 
+/**
+ * The skeleton of an empty root around a mounted /usr, as systemd's base-filesystem table has
+ * it: the top-level directories, and /bin, /sbin, /lib, /lib64 as symlinks into /usr where /usr
+ * has that directory (/lib64 only where the x86-64 dynamic loader lives below usr/lib64).
+ */
+function populateBaseFilesystem(root: string, usrDir: string): void {
+  const dirs: Array<[string, number]> = [['etc', 0o755], ['var', 0o755], ['proc', 0o555], ['sys', 0o555], ['dev', 0o555], ['run', 0o555], ['tmp', 0o1777], ['root', 0o750]];
+  for (const [name, mode] of dirs) {
+    try {
+      mkdirSync(join(root, name), { mode });
+      chmodSync(join(root, name), mode); // past the umask
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  const links: Array<[string, string, string]> = [
+    ['bin', 'usr/bin', 'bin'],
+    ['sbin', 'usr/sbin', 'sbin'],
+    ['lib', 'usr/lib', 'lib'],
+    ['lib64', 'usr/lib64', 'lib64/ld-linux-x86-64.so.2'],
+  ];
+  for (const [name, target, probe] of links) {
+    try {
+      statSync(join(usrDir, probe));
+    } catch {
+      continue;
+    }
+    try {
+      symlinkSync(target, join(root, name));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+}
+
 function describeMountError(err: unknown, image: string, p: ImagePartition): DiskImageError {
   const code = err instanceof SysError ? err.code : String(err);
   const which = p.number === 0 ? 'file system' : `${p.designator} partition ${p.number}`;
@@ -159,6 +196,12 @@ export function mountImage(path: string, options: MountOptions = {}): MountedIma
   let loop: LoopDevice | undefined;
   try {
     mkdirSync(rootDir, { mode: 0o755 });
+    // A /usr-only image: the root is an empty tmpfs (writable, gone with the container).
+    if (dissected.usrOnly) {
+      mount('mctl-image-root', rootDir, 'tmpfs', 0, 'mode=0755');
+      mkdirSync(join(rootDir, 'usr'), { mode: 0o755 });
+    }
+    const rootWritable = dissected.usrOnly || !readOnly;
     const used = new Set<string>();
     for (const p of dissected.partitions) {
       let where = '/';
@@ -170,7 +213,7 @@ export function mountImage(path: string, options: MountOptions = {}): MountedIma
             continue;
           }
         }
-        const place = placeFor(rootDir, p, !readOnly && !p.readOnly, used);
+        const place = placeFor(rootDir, p, rootWritable && (dissected.usrOnly || !p.readOnly), used);
         if (!place.where) {
           skipped.push({ designator: p.designator, number: p.number, reason: place.reason ?? 'no place to mount it' });
           continue;
@@ -198,7 +241,9 @@ export function mountImage(path: string, options: MountOptions = {}): MountedIma
       used.add(where);
       mounted.push({ ...p, mountPoint: where, where: target, device });
     }
-    return { rootDir, stagingDir, readOnly, dissected, mounted, skipped, release };
+    const usr = mounted.find((p) => p.designator === 'usr');
+    if (dissected.usrOnly && usr) populateBaseFilesystem(rootDir, usr.where);
+    return { rootDir, stagingDir, readOnly, usrOnly: dissected.usrOnly, dissected, mounted, skipped, release };
   } catch (err) {
     loop?.detach();
     release();

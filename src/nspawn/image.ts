@@ -13,6 +13,9 @@
 //     holds them until the container exits — stock machined sees the image as busy;
 //  4. on a failed start the onAbort hook (and release() in any case) unmounts everything.
 //
+// A /usr-only image (DPS usr partition, no root partition) boots from an empty tmpfs root with
+// the partition at /usr and the /bin, /sbin, /lib(64) symlinks into it (src/image/mount.ts).
+//
 // --ephemeral and --volatile=overlay: the image is attached read-only and every partition gets an
 // overlay with a tmpfs upper inside the container's namespace (root through spec.rootLayer =
 // 'overlay', the others as overlay mount ops), so writes vanish at exit and the image file is
@@ -122,7 +125,8 @@ export function prepareImageRoot(path: string, options: ImageRootOptions): Image
     }
   }
   const rootReadOnly = image.mounted.find((p) => p.designator === 'root')?.readOnly ?? false;
-  const unwritable = image.readOnly || rootReadOnly;
+  // A /usr-only image's root is a fresh tmpfs: writable whatever the image is.
+  const unwritable = !image.usrOnly && (image.readOnly || rootReadOnly);
   // Nothing asked about the root, and it cannot be written: give the OS a /var it can write
   // (--volatile=state), unless the image brings its own var (or a tmp partition at /var/tmp).
   const ownVar = image.mounted.some((p) => p.mountPoint === '/var' || p.mountPoint.startsWith('/var/'));

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { debianTree } from './images.js';
 import { STAGING_DIR } from '../../src/image/mount.js';
 
-export type RawImageKind = 'ext4' | 'gpt' | 'mbr' | 'squashfs';
+export type RawImageKind = 'ext4' | 'gpt' | 'mbr' | 'squashfs' | 'usr';
 
 const script = fileURLToPath(new URL('./raw-images.sh', import.meta.url));
 const built = new Map<string, string>();

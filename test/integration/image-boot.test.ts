@@ -224,6 +224,25 @@ test('a raw image without write bits (mctl read-only) is attached read-only, als
   assert.equal(await sha256(image), before);
 });
 
+test('a /usr-only GPT image runs from an empty tmpfs root with its usr partition at /usr', async () => {
+  const image = copyImage(debianImage('usr'), join(dir, 't-img-usr.raw'));
+  const clean = residue();
+  const r = nspawnOnce([`--image=${image}`, '/bin/sh', '-c', 'findmnt -n -o FSTYPE /; findmnt -n -o SOURCE,FSTYPE /usr; readlink /bin /lib; touch /t-img && echo root-writable']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^tmpfs\n\/dev\/loop\d+ +ext4\nusr\/bin\nusr\/lib\nroot-writable\n$/);
+  await assertCleanSoon(clean);
+  // It boots; with an empty /etc the only unit that fails is systemd-firstboot, as with stock
+  // systemd-nspawn --volatile=yes on the same tree (no terminal to ask its questions on).
+  const boot = launch(['--register=no', '-b', `--image=${image}`]);
+  try {
+    assert.match(await waitRunning(boot), /^(running|degraded)$/);
+    assert.match(inContainer(boot, 'systemctl --failed --plain --no-legend | cut -d" " -f1'), /^(systemd-firstboot\.service)?$/);
+  } finally {
+    await boot.stop();
+  }
+  await assertCleanSoon(clean);
+});
+
 test('--ephemeral on a GPT image: writes vanish and the image file is untouched', async () => {
   const image = debianImage('gpt');
   const before = { hash: await sha256(image), mtime: statSync(image).mtimeMs };

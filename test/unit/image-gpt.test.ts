@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { crc32, guidToBytes, guidToString, readPartitionTable, CorruptPartitionTableError } from '../../src/image/gpt.js';
-import { discoverPartitions, expectedVarUuid, compareVersions, DPS_TYPE, rootTypeFor, GPT_FLAG } from '../../src/image/dps.js';
+import { discoverPartitions, expectedVarUuid, compareVersions, DPS_TYPE, rootTypeFor, usrTypeFor, GPT_FLAG } from '../../src/image/dps.js';
 import { dissectImage, probeFilesystem } from '../../src/image/dissect.js';
 import { DiskImageError } from '../../src/image/errors.js';
 
@@ -154,6 +154,23 @@ test('tiny and empty files are one-line errors', () => {
 test('GPT without a root partition is refused', () => {
   const img = disk(`label: gpt\nstart=2048, size=4096, type=${DPS_TYPE.home}\nsize=4096, type=${DPS_TYPE.swap}\n`, 8);
   assert.throws(() => dissectImage(img), (e: unknown) => e instanceof DiskImageError && /has no root partition/.test(e.message));
+});
+
+test('a /usr-only GPT (usr partition, no root) dissects as usr-only; a usr without a file system is refused', () => {
+  const img = disk(`label: gpt\nstart=2048, size=16384, type=${usrTypeFor('x64')}, name="usr-x86-64"\nsize=4096, type=${DPS_TYPE.home}\n`, 16);
+  putExt4(img, 2048 * 512, 8, { 'lib/os-release': 'ID=x\n' });
+  const d = dissectImage(img, { arch: 'x64' });
+  assert.equal(d.usrOnly, true);
+  assert.deepEqual(d.partitions.map((p) => [p.designator, p.mountPoint, p.fstype]), [['usr', '/usr', 'ext4']]);
+  const empty = disk(`label: gpt\nstart=2048, size=4096, type=${usrTypeFor('x64')}\n`, 8);
+  assert.throws(() => dissectImage(empty, { arch: 'x64' }), /usr partition 1 holds no known file system/);
+  // With a root partition next to it, usr is an ordinary partition below the root.
+  const both = disk(`label: gpt\nstart=2048, size=8192, type=${ROOT_X64}\nsize=8192, type=${usrTypeFor('x64')}\n`, 16);
+  putExt4(both, 2048 * 512, 4, { 'etc/os-release': 'ID=x\n' });
+  putExt4(both, 10240 * 512, 4, { 'lib/os-release': 'ID=x\n' });
+  const b = dissectImage(both, { arch: 'x64' });
+  assert.equal(b.usrOnly, false);
+  assert.deepEqual(b.partitions.map((p) => p.designator), ['root', 'usr']);
 });
 
 test('a single generic Linux partition is the root; two are ambiguous', () => {
