@@ -244,6 +244,7 @@ export class Registration {
         if (!(await this.nameAvailable('org.freedesktop.systemd1'))) return await this.close();
         await this.startTransientScope(req);
         await this.trustStopRequestsFrom(['org.freedesktop.systemd1']);
+        await this.close();
         return;
       }
       if (!(await this.nameAvailable('org.freedesktop.machine1'))) {
@@ -279,6 +280,7 @@ export class Registration {
         await this.trustStopRequestsFrom(['org.freedesktop.systemd1', 'org.freedesktop.machine1']);
       }
       this.done = 'machine';
+      await this.close();
     } catch (err) {
       await this.close();
       if (plan === 'transient-scope') throw new UserError(`failed to allocate scope ${req.machineName}.scope: ${busErrorText(err)}`);
@@ -377,8 +379,12 @@ export class Registration {
 
   /** Undo at exit: UnregisterMachine (CreateMachine/RegisterMachine) or AbandonScope; always closes the bus. */
   async stop(): Promise<void> {
-    if (!this.bus) return;
-    const { call } = await import('../dbus/bus.js');
+    if (!this.done && !this.bus) return;
+    const { call, connectBus, systemBusAddress } = await import('../dbus/bus.js');
+    if (!this.bus) {
+      this.bus = connectBus(systemBusAddress());
+      this.bus.on('error', () => undefined);
+    }
     try {
       if (this.done === 'machine') {
         await call(this.bus, {
@@ -397,10 +403,17 @@ export class Registration {
     }
   }
 
+  /**
+   * Close the connection now. Its socket (usocket) has no FD_CLOEXEC, and disconnect() only
+   * half-closes it: it would survive the execve() into the supervisor as a bus connection that
+   * nobody reads. So the stream is destroyed (a synchronous close) as soon as it is not needed.
+   */
   private async close(): Promise<void> {
     const bus = this.bus;
     this.bus = null;
-    if (bus) bus.disconnect();
+    if (!bus) return;
+    bus.disconnect();
+    (bus as unknown as { _connection?: { stream?: { destroy?: () => void } } })._connection?.stream?.destroy?.();
   }
 }
 

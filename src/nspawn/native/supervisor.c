@@ -199,6 +199,7 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 	bool output = c->console == CONSOLE_INTERACTIVE || c->console == CONSOLE_READ_ONLY;
 	int kill_requests = 0;
 	bool stop_pending = false; /* asked to stop before PID 1 could handle the kill signal */
+	bool stop_after_ready = false; /* a RequestStop that came before the payload was started */
 	int escapes = 0;
 	long long first_escape = 0;
 	int status = 0;
@@ -240,6 +241,8 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 				if (k < nf)
 					notify = fds[k++];
 				ready = true;
+				if (stop_after_ready)
+					stop_pending = request_stop(c, leader);
 				if (master >= 0) {
 					fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
 					copy_winsize(master);
@@ -272,8 +275,9 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 				/* the scope is being stopped (systemctl stop, machinectl terminate): as nspawn */
 				if (!c->quiet)
 					dprintf(2, "Container termination requested. Attempting to halt container %s.\n", c->name);
+				/* registration precedes the payload: a stop that early is passed on once it runs */
 				if (!ready)
-					kill(leader, SIGKILL);
+					stop_after_ready = true;
 				else
 					stop_pending = request_stop(c, leader);
 			}
