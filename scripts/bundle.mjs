@@ -11,7 +11,7 @@
 // scripts the programs spawn (net/collect-main.js, machined/ns-helper.js) run from dist/.
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -124,10 +124,24 @@ export async function bundlePrograms() {
     // A leftover import.meta would silently become {} in CommonJS output: fail instead.
     logOverride: { 'empty-import-meta': 'error' },
     legalComments: 'none',
+    charset: 'ascii',
     logLevel: 'warning',
     metafile: true,
   });
-  return Object.keys(result.metafile.outputs).map((f) => join(root, f));
+  const files = Object.keys(result.metafile.outputs).map((f) => join(root, f));
+  for (const f of files) asciiOnly(f);
+  return files;
+}
+
+/**
+ * The loader reads a bundle as latin1 (a plain copy into a one-byte string: ~1 ms less per
+ * start than UTF-8 decoding 650 KB), which is exact only for ASCII. esbuild escapes every
+ * non-ASCII character in code (charset: ascii); what is left is in comments it keeps.
+ */
+function asciiOnly(file) {
+  const text = readFileSync(file, 'utf8');
+  const escaped = text.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+  if (escaped !== text) writeFileSync(file, escaped);
 }
 
 /**
