@@ -172,11 +172,13 @@ function rtmsg(family: number, dstLen: number): Buffer {
 /** An IPv4 or IPv6 address in network byte order. */
 export function addressBytes(text: string): { family: number; bytes: Buffer } {
   if (text.includes(':')) {
-    const [head = '', tail] = text.split('::');
+    const halves = text.split('::');
+    const [head = '', tail] = halves;
     const h = head ? head.split(':') : [];
     const t = tail ? tail.split(':') : [];
-    const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-    if (groups.length !== 8 || groups.some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) throw new Error(`not an IPv6 address: ${text}`);
+    const missing = 8 - h.length - t.length;
+    const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(missing, 0)).fill('0'), ...t];
+    if (halves.length > 2 || groups.length !== 8 || groups.some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) throw new Error(`not an IPv6 address: ${text}`);
     const b = Buffer.alloc(16);
     groups.forEach((g, i) => b.writeUInt16BE(parseInt(g, 16), i * 2));
     return { family: AF.INET6, bytes: b };
