@@ -3,7 +3,7 @@
 // owners (chown); concurrent containers get disjoint ranges.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, readFileSync, readdirSync, readlinkSync, existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +20,9 @@ const procs: ChildProcess[] = [];
 before(() => {
   dir = mkdtempSync('/tmp/mctl-userns-');
   root = `${dir}/root`;
-  must(['cp', '-a', '--reflink=auto', debianTree(), root]);
+  // Not must(): its 20 s limit is too short for a full copy on a busy machine.
+  const cp = spawnSync('cp', ['-a', '--reflink=auto', debianTree(), root], { encoding: 'utf8', timeout: 180_000 });
+  if (cp.status !== 0) throw new Error(`cp -a ${debianTree()} ${root}: ${cp.stderr || cp.signal}`);
   must(['truncate', '-s', '8M', `${dir}/disk.img`]);
   must(['mkfs.ext4', '-q', `${dir}/disk.img`]);
   loop = must(['losetup', '-f', '--show', `${dir}/disk.img`]).trim();
@@ -34,45 +36,60 @@ after(() => {
 
 const exited = (p: ChildProcess): Promise<unknown> => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((res) => p.once('exit', res)));
 
-function leaderOf(supervisor: number): number {
-  for (let i = 0; i < 600; i++) {
+/**
+ * The container's PID 1 once it runs `comm`: the launcher's child in another PID namespace. Not
+ * earlier: right after the clone its uid_map is still empty and its mount namespace not yet
+ * pivoted (nsenter would land in a half-built world: a race that once made this file flaky).
+ */
+function leaderOf(supervisor: number, comm: string, timeoutMs = 60_000): number {
+  const deadline = Date.now() + timeoutMs;
+  const ours = readlinkSync('/proc/self/ns/pid');
+  while (Date.now() < deadline) {
     if (!existsSync(`/proc/${supervisor}`)) throw new Error('the launcher exited before the container started');
     const kids = run(['pgrep', '-P', String(supervisor)]).stdout.trim().split('\n').filter(Boolean).map(Number);
     for (const k of kids) {
-      // The container is the child in another PID namespace (not a short-lived helper child).
       try {
-        if (readlinkSync(`/proc/${k}/ns/pid`) !== readlinkSync('/proc/self/ns/pid')) return k;
+        if (readlinkSync(`/proc/${k}/ns/pid`) !== ours && readFileSync(`/proc/${k}/comm`, 'utf8').trim() === comm) return k;
       } catch {
         /* gone meanwhile */
       }
     }
-    spawnSyncSleep(50);
+    spawnSyncSleep(20);
   }
-  throw new Error('no container leader found');
+  throw new Error(`no container leader running ${comm} after ${timeoutMs} ms`);
 }
 
 function spawnSyncSleep(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-const inside = (leader: number, script: string) => run(['nsenter', '-t', String(leader), '-a', '--', '/bin/sh', '-c', script]);
+const inside = (leader: number, script: string, timeoutMs = 20_000) => {
+  const r = spawnSync('nsenter', ['-t', String(leader), '-a', '--', '/bin/sh', '-c', script], { encoding: 'utf8', timeout: timeoutMs });
+  return { status: r.status, stdout: r.stdout ?? '', stderr: (r.stderr ?? '') + (r.signal ? `(killed: ${r.signal} after ${timeoutMs} ms)` : '') };
+};
 
 test('-U boots the Debian tree to running; root inside cannot touch the host; files keep the image owners (map)', async () => {
   const name = `t-userns-${id}`;
   const p = spawn(nspawn, ['-q', '--register=no', '--console=pipe', '-U', '-b', '-D', root, '-M', name, `--bind=${loop}:/dev/testdisk`], { stdio: ['ignore', 'ignore', 'inherit'] });
   procs.push(p);
-  const leader = leaderOf(p.pid!);
+  const leader = leaderOf(p.pid!, 'systemd');
   const map = readFileSync(`/proc/${leader}/uid_map`, 'utf8').trim().split(/\s+/).map(Number);
   assert.equal(map[0], 0);
   assert.ok(map[1]! >= 0x80000 && map[1]! <= 0x6fff0000 && map[1]! % 0x10000 === 0, `picked shift ${map[1]}`);
   assert.equal(map[2], 0x10000);
-  // Poll until the container's manager answers on its bus, then wait for the boot to finish.
-  let state = inside(leader, 'systemctl is-system-running --wait');
-  for (let i = 0; i < 60 && /Failed to connect to bus/.test(state.stderr); i++) {
+  // Poll until the container's manager answers on its bus (its socket comes up a moment after
+  // PID 1 starts; on a busy machine much later), then wait for the boot to finish.
+  // (`--wait` blocks until the boot ends: give it the whole budget, not the usual 20 s.)
+  const deadline = Date.now() + 120_000;
+  const boot = (): ReturnType<typeof inside> => inside(leader, 'systemctl is-system-running --wait', Math.max(1000, deadline - Date.now()));
+  let state = boot();
+  while (Date.now() < deadline && /Failed to connect to bus|offline/.test(state.stderr + state.stdout)) {
     spawnSyncSleep(250);
-    state = inside(leader, 'systemctl is-system-running --wait');
+    state = boot();
   }
-  assert.equal(state.stdout.trim(), 'running', state.stdout + state.stderr);
+  // On failure say which units failed and why (a bare 'degraded' tells nothing).
+  const why = state.stdout.trim() === 'running' ? '' : inside(leader, 'systemctl --failed --no-legend --no-pager; journalctl -b -p warning --no-pager | tail -n 40').stdout;
+  assert.equal(state.stdout.trim(), 'running', `${state.stdout}${state.stderr}\n${why}`);
 
   // Root inside: uid 0 there, but mounting a host block device is refused…
   const mnt = inside(leader, 'id -u; mount /dev/testdisk /mnt');
@@ -127,7 +144,7 @@ test('three -U containers at once get disjoint ranges; locks are gone afterwards
     }),
   );
   procs.push(...ps);
-  const shifts = ps.map((p) => Number(readFileSync(`/proc/${leaderOf(p.pid!)}/uid_map`, 'utf8').trim().split(/\s+/)[1]));
+  const shifts = ps.map((p) => Number(readFileSync(`/proc/${leaderOf(p.pid!, 'sleep')}/uid_map`, 'utf8').trim().split(/\s+/)[1]));
   assert.equal(new Set(shifts).size, 3, shifts.join(' '));
   const locks = readdirSync('/run/systemd/nspawn-uid');
   for (const s of shifts) assert.ok(locks.includes(String(s)), `lock for ${s} held`);
