@@ -4,7 +4,7 @@
 // CommonJS on purpose, like bin/*: an ES module entry would load Node's ES module loader, which
 // is the start-up cost the bundle avoids. Without a bundle (a tsc-only build) the program runs
 // from dist/ as ES modules; a cache V8 rejects (other Node version or V8 flags) only costs time.
-const { readFileSync, statSync } = require('node:fs');
+const { closeSync, fstatSync, openSync, readFileSync } = require('node:fs');
 const { dirname, join } = require('node:path');
 const { Script } = require('node:vm');
 const { createRequire } = require('node:module');
@@ -14,31 +14,48 @@ const BUNDLE_DIR = join(__dirname, '..', 'dist', 'bundle');
 const WRAPPER_HEAD = '(function (exports, require, module, __filename, __dirname) { ';
 const WRAPPER_TAIL = '\n})';
 
-/** The cache, if it was recorded for this very bundle (written after it by the same build). */
-function readCache(file, bundleStat) {
+/**
+ * Which bundle file a cache belongs to: V8 checks a cache against the source's length only, so
+ * a cache used with another bundle of the same length would run the wrong code. The build
+ * replaces bundles by rename (a new inode), so inode + mtime of the file actually read name it.
+ */
+function bundleIdentity(st) {
+  return `mctl-code-cache ${st.dev} ${st.ino} ${st.mtimeMs}\n`;
+}
+
+/** The cache recorded for exactly this bundle file (first line: its identity), else undefined. */
+function readCache(file, identity) {
+  let data;
   try {
-    if (statSync(`${file}.cache`).mtimeMs < bundleStat.mtimeMs) return undefined;
-    return readFileSync(`${file}.cache`);
+    data = readFileSync(`${file}.cache`);
   } catch {
     return undefined;
   }
+  if (data.length <= identity.length || data.toString('latin1', 0, identity.length) !== identity) return undefined;
+  return data.subarray(identity.length);
 }
 
 /** Compile a bundle; undefined when there is none. useCache=false is for recording a cache. */
 function compileBundle(name, useCache = true) {
   const file = join(BUNDLE_DIR, `${name}.cjs`);
-  let source;
-  let st;
+  let fd;
   try {
-    st = statSync(file);
-    // ASCII only (scripts/bundle.mjs makes sure): latin1 is exact and cheaper than UTF-8.
-    source = readFileSync(file, 'latin1');
+    fd = openSync(file, 'r');
   } catch {
     return undefined;
   }
-  const cachedData = useCache ? readCache(file, st) : undefined;
+  let identity;
+  let source;
+  try {
+    identity = bundleIdentity(fstatSync(fd));
+    // ASCII only (scripts/bundle.mjs makes sure): latin1 is exact and cheaper than UTF-8.
+    source = readFileSync(fd, 'latin1');
+  } finally {
+    closeSync(fd);
+  }
+  const cachedData = useCache ? readCache(file, identity) : undefined;
   const script = new Script(WRAPPER_HEAD + source + WRAPPER_TAIL, { filename: file, cachedData });
-  return { file, script };
+  return { file, identity, script };
 }
 
 /** Run the compiled bundle as a CommonJS module whose require() resolves from its own place. */

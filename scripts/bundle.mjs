@@ -11,7 +11,7 @@
 // scripts the programs spawn (net/collect-main.js, machined/ns-helper.js) run from dist/.
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -101,15 +101,19 @@ const BANNER = [
   'var __mctlModuleResolve = (rel) => (spec) => require("node:url").pathToFileURL(require("node:module").createRequire(__mctlModulePath(rel)).resolve(spec)).href;',
 ].join('\n');
 
-/** Bundle all programs; returns the written files. */
+/**
+ * Bundle all programs; returns the written files. Each file is replaced by rename, so a
+ * program starting meanwhile (parallel test runs share the checkout) reads an old or a new
+ * bundle, never half of one; a cache names the file it belongs to (bin/bundle-loader.cjs).
+ */
 export async function bundlePrograms() {
-  rmSync(outDir, { recursive: true, force: true });
   mkdirSync(outDir, { recursive: true });
   const result = await build({
     entryPoints: Object.fromEntries(Object.entries(PROGRAMS).map(([name, main]) => [name, join(root, main)])),
     absWorkingDir: root,
     outdir: outDir,
     outExtension: { '.js': '.cjs' },
+    write: false,
     bundle: true,
     platform: 'node',
     target: 'node20',
@@ -126,10 +130,14 @@ export async function bundlePrograms() {
     legalComments: 'none',
     charset: 'ascii',
     logLevel: 'warning',
-    metafile: true,
   });
-  const files = Object.keys(result.metafile.outputs).map((f) => join(root, f));
-  for (const f of files) asciiOnly(f);
+  const files = [];
+  for (const out of result.outputFiles) {
+    const tmp = `${out.path}.tmp${process.pid}`;
+    writeFileSync(tmp, asciiOnly(out.text));
+    renameSync(tmp, out.path);
+    files.push(out.path);
+  }
   return files;
 }
 
@@ -138,10 +146,8 @@ export async function bundlePrograms() {
  * start than UTF-8 decoding 650 KB), which is exact only for ASCII. esbuild escapes every
  * non-ASCII character in code (charset: ascii); what is left is in comments it keeps.
  */
-function asciiOnly(file) {
-  const text = readFileSync(file, 'utf8');
-  const escaped = text.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
-  if (escaped !== text) writeFileSync(file, escaped);
+function asciiOnly(text) {
+  return text.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
 }
 
 /**
@@ -153,6 +159,7 @@ export function trainCodeCaches() {
   try {
     // The run's own status does not matter (the CLI's fails without a bus); the cache must exist.
     const train = (name, args, env = {}) => {
+      rmSync(join(outDir, `${name}.cjs.cache`), { force: true });
       const r = spawnSync(process.execPath, [join(root, 'scripts/code-cache-train.cjs'), name, ...args], {
         cwd: scratch,
         stdio: ['ignore', 'ignore', 'pipe'],

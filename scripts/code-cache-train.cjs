@@ -1,6 +1,7 @@
 'use strict';
 // Build step (scripts/bundle.mjs): run one program from its bundle, uncached, with the given
-// arguments, and write the V8 code cache of everything it compiled on the way to NAME.cjs.cache.
+// arguments, and write the V8 code cache of everything it compiled on the way to NAME.cjs.cache
+// (after a first line naming the bundle file it belongs to, see bin/bundle-loader.cjs).
 // The cache is taken when the program exits, whatever its status; for the launcher, at its
 // execve() into the native helper, which is intercepted here: no container is started.
 //   node scripts/code-cache-train.cjs NAME ARGS...
@@ -17,7 +18,7 @@ function writeCache() {
   if (written) return;
   written = true;
   const out = `${compiled.file}.cache`;
-  writeFileSync(`${out}.tmp`, compiled.script.createCachedData());
+  writeFileSync(`${out}.tmp`, Buffer.concat([Buffer.from(compiled.identity, 'latin1'), compiled.script.createCachedData()]));
   renameSync(`${out}.tmp`, out);
 }
 process.on('exit', writeCache);
