@@ -8,20 +8,37 @@ export type Designator = 'root' | 'usr' | 'home' | 'srv' | 'var' | 'tmp' | 'esp'
 
 export type DpsArch = 'x64' | 'arm64';
 
-const ARCH_TYPES: Record<DpsArch, { root: string; usr: string; rootVerity: string; usrVerity: string }> = {
+const ARCH_TYPES: Record<DpsArch, { root: string; usr: string; rootVerity: string; usrVerity: string; rootVeritySig: string; usrVeritySig: string }> = {
   x64: {
     root: '4f68bce3-e8cd-4db1-96e7-fbcaf984b709',
     usr: '8484680c-9521-48c6-9c11-b0720656f69e',
     rootVerity: '2c7357ed-ebd2-46d9-aec1-23d437ec2bf5',
     usrVerity: '77ff5f63-e7b6-4633-acf4-1565b864c0e6',
+    rootVeritySig: '41092b05-9fc8-4523-994f-2def0408b176',
+    usrVeritySig: 'e7bb33fb-06cf-4e81-8273-e543b413e2e2',
   },
   arm64: {
     root: 'b921b045-1df0-41c3-af44-4c6f280d3fae',
     usr: 'b0e01050-ee5f-4390-949a-9101b17104e9',
     rootVerity: 'df3300ce-d69f-4c92-978c-9bfb0f38d820',
     usrVerity: '6e11a4e7-fbca-4ded-b9e9-e1a512bb664e',
+    rootVeritySig: '6db69de6-29f4-4758-a7a5-962190f00ce3',
+    usrVeritySig: 'c23ce4ff-44bd-4b00-b2d4-b41b3419e02a',
   },
 };
+
+/** The image-policy name of a swap or verity partition type (partitions containers never use). */
+export function verityOrSwapDesignator(type: string, arch: DpsArch = hostDpsArch()): 'swap' | 'root-verity' | 'root-verity-sig' | 'usr-verity' | 'usr-verity-sig' | undefined {
+  const t = ARCH_TYPES[arch];
+  switch (type) {
+    case DPS_TYPE.swap: return 'swap';
+    case t.rootVerity: return 'root-verity';
+    case t.rootVeritySig: return 'root-verity-sig';
+    case t.usrVerity: return 'usr-verity';
+    case t.usrVeritySig: return 'usr-verity-sig';
+    default: return undefined;
+  }
+}
 
 export const DPS_TYPE = {
   home: '933ac7e1-2eb4-4f13-b844-0e14e2aef915',

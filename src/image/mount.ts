@@ -26,6 +26,7 @@ import { DiskImageError } from './errors.js';
 import { dissectImage, type DissectedImage, type ImagePartition } from './dissect.js';
 import { expectedVarUuid, type DpsArch } from './dps.js';
 import { readMachineID } from './metadata.js';
+import { applyImagePolicy, type ImagePolicy } from './policy.js';
 
 export const STAGING_DIR = '/run/mctl/images';
 const STAGING_LOCK = '/run/mctl/images.lock';
@@ -45,6 +46,8 @@ export interface MountOptions {
    * which would hide partitions mounted below it, so each gets its own overlay from there.
    */
   separatePartitions?: boolean;
+  /** --image-policy: partitions it marks unused are left out; an image that breaks it is refused. */
+  policy?: ImagePolicy;
 }
 
 export interface MountedPartition extends ImagePartition {
@@ -184,7 +187,8 @@ function describeMountError(err: unknown, image: string, p: ImagePartition): Dis
  * (one-line) error propagates.
  */
 export function mountImage(path: string, options: MountOptions = {}): MountedImage {
-  const dissected = dissectImage(path, options.arch ? { arch: options.arch } : {});
+  const found = dissectImage(path, options.arch ? { arch: options.arch } : {});
+  const dissected = options.policy ? applyImagePolicy(found, options.policy, options.arch) : found;
   const readOnly = options.readOnly === true || !imageWritable(path);
   const staging = takeStaging();
   const stagingDir = STAGING_DIR;

@@ -29,7 +29,7 @@ import { basename } from 'node:path';
 import { statSync } from 'node:fs';
 import { cleanupHostname } from '../common/names.js';
 import { UserError } from '../common/errors.js';
-import { findImage, lockImage, mountImage, imageWritable, type ImageLock, type MountedImage } from '../image/index.js';
+import { findImage, lockImage, mountImage, imageWritable, parseImagePolicy, type ImageLock, type MountedImage } from '../image/index.js';
 import type { LaunchHooks } from './launch.js';
 import type { MountOp } from './spec.js';
 import type { VolatileMode } from './options.js';
@@ -41,6 +41,8 @@ export interface ImageRootOptions {
   ephemeral: boolean;
   /** --volatile= (default no) */
   volatile?: VolatileMode;
+  /** --image-policy= (systemd.image-policy(7)); none: every partition found is used. */
+  policy?: string;
 }
 
 export interface ImageRoot {
@@ -103,6 +105,7 @@ function checkImagePath(path: string): void {
 /** Lock, dissect and mount an image for a container. Throws one-line errors, leaving nothing behind. */
 export function prepareImageRoot(path: string, options: ImageRootOptions): ImageRoot {
   checkImagePath(path);
+  const policy = options.policy !== undefined ? parseImagePolicy(options.policy) : undefined;
   const volatile = options.volatile ?? 'no';
   // A throw-away layer over the root (which would hide partitions mounted below the root path).
   const overlay = options.ephemeral || volatile === 'overlay';
@@ -110,7 +113,7 @@ export function prepareImageRoot(path: string, options: ImageRootOptions): Image
   const lock = lockImage(path, { shared: wantReadOnly, what: `image ${path}` });
   let image: MountedImage;
   try {
-    image = mountImage(path, { readOnly: wantReadOnly, separatePartitions: overlay });
+    image = mountImage(path, { readOnly: wantReadOnly, separatePartitions: overlay, ...(policy ? { policy } : {}) });
   } catch (err) {
     lock.release();
     throw err;

@@ -98,7 +98,7 @@ runMain('mctl-nspawn', async () => {
   checkConflicts(o);
 
   // --image: lock, dissect and mount it privately; from here on its root is checked and used like -D.
-  const image = o.image !== undefined && imageMod ? imageMod.prepareImageRoot(o.image, { readOnly: o.readOnly === true, ephemeral: o.ephemeral === true, volatile: o.volatile ?? 'no' }) : undefined;
+  const image = o.image !== undefined && imageMod ? imageMod.prepareImageRoot(o.image, { readOnly: o.readOnly === true, ephemeral: o.ephemeral === true, volatile: o.volatile ?? 'no', ...(o.imagePolicy !== undefined ? { policy: o.imagePolicy } : {}) }) : undefined;
   let root: string;
   let plan: ReturnType<typeof planRoot>;
   try {

@@ -53,6 +53,8 @@ export interface ContainerOptions {
   template?: string;
   ephemeral?: boolean;
   image?: string;
+  /** --image-policy= (systemd.image-policy(7)), checked when the image is dissected */
+  imagePolicy?: string;
   readOnly?: boolean;
   volatile?: VolatileMode;
   startMode?: StartMode;
@@ -397,6 +399,7 @@ export const OPTIONS: OptionDef[] = [
   { long: 'template', arg: 'required', apply: (cl, v) => void (cl.options.template = nonEmpty(v!)) },
   { long: 'ephemeral', short: 'x', arg: 'none', apply: (cl) => void (cl.options.ephemeral = true) },
   { long: 'image', short: 'i', arg: 'required', apply: (cl, v) => void (cl.options.image = nonEmpty(v!)) },
+  { long: 'image-policy', arg: 'required', apply: (cl, v) => void (cl.options.imagePolicy = v!) },
   { long: 'read-only', arg: 'none', apply: (cl) => void (cl.options.readOnly = true) },
   { long: 'volatile', arg: 'optional', apply: (cl, v) => void (cl.options.volatile = v === undefined ? 'yes' : parseVolatile(v)) },
   { long: 'as-pid2', short: 'a', arg: 'none', apply: (cl) => setStartMode(cl, 'pid2') },
@@ -631,6 +634,7 @@ Image:
      --template=PATH        Populate the root directory from this one if it is missing
   -x --ephemeral            Run on a throw-away snapshot of the root, removed at exit
   -i --image=PATH           Root file system disk image
+     --image-policy=POLICY  Which partitions of the image may be used (systemd.image-policy)
      --read-only            Mount the root directory read-only
      --volatile[=MODE]      Volatile mode: no, yes, state, overlay
 

@@ -243,6 +243,26 @@ test('a /usr-only GPT image runs from an empty tmpfs root with its usr partition
   await assertCleanSoon(clean);
 });
 
+test('--image-policy: allowed images run; a refused one is one line, with nothing attached or mounted', async () => {
+  const image = debianImage('gpt');
+  const clean = residue();
+  const ok = nspawnOnce(['--read-only', '--image-policy=root=unprotected+ext4:=absent', `--image=${image}`, '/bin/true']);
+  assert.equal(ok.status, 0, ok.stderr);
+  const refused: Array<[string, RegExp]> = [
+    ['root=verity+signed', /allows the root partition only as verity\+signed; root partition 1 is unprotected/],
+    ['root=unprotected+squashfs', /allows squashfs for the root partition; root partition 1 is ext4/],
+    ['root=unprotected:home=unprotected', /requires a home partition \(as unprotected\); the image has none/],
+    ['root=safe', /^mctl-nspawn: invalid image policy 'root=safe': unknown flag 'safe'/],
+  ];
+  for (const [policy, why] of refused) {
+    const r = nspawnOnce(['--read-only', `--image-policy=${policy}`, `--image=${image}`, '/bin/true']);
+    assert.equal(r.status, 1, policy);
+    assert.match(r.stderr, why);
+    assert.equal(r.stderr.split('\n').filter(Boolean).length, 1, r.stderr);
+  }
+  await assertCleanSoon(clean);
+});
+
 test('--ephemeral on a GPT image: writes vanish and the image file is untouched', async () => {
   const image = debianImage('gpt');
   const before = { hash: await sha256(image), mtime: statSync(image).mtimeMs };
