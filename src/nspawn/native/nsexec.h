@@ -118,7 +118,7 @@ void cgroup_remove(const char *unified_path, const char *systemd_path);
 int cgroup_mount_inside(const char *root, bool userns);
 
 /* seccomp.c */
-int seccomp_install_default(void);
+int seccomp_install_default(uint64_t caps);
 
 /* userns.c: range picking and the root view (keys userns-pick, userns-root) */
 int userns_config_key(struct config *c, int argc, char **argv);

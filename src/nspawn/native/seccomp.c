@@ -1,83 +1,154 @@
-/* The default seccomp filter: a blocklist (raw classic BPF, no libseccomp) of the syscalls
- * systemd-nspawn's default filter does not let a container use, answered with EPERM:
- * kexec, kernel modules, swap, open_by_handle_at (the "shocker" escape), the kernel keyring,
- * port I/O, process accounting, syslog, and obsolete calls. Syscalls from the x32 ABI are
- * refused outright, so the blocklist cannot be bypassed through them. i386 has its own numbers. */
+/* The default seccomp filter, equivalent to systemd-nspawn 252's (raw classic BPF, no libseccomp):
+ * an allow-list of system call groups, some of them only with the capability nspawn ties them
+ * to (@clock with CAP_SYS_TIME, ptrace with CAP_SYS_PTRACE, reboot with CAP_SYS_BOOT, …);
+ * every other system call systemd 252 knows (@known) fails with EPERM, one it does not know (a
+ * newer kernel's) with ENOSYS, so that libc falls back as it would on an older kernel; and
+ * socket(AF_NETLINK, *, NETLINK_AUDIT) fails with EAFNOSUPPORT (audit is not namespaced; that
+ * errno tells audit userspace that audit is off). The tables are generated (seccomp-table.h,
+ * seccomp-gen.py) for x86-64 and i386; x32 system calls get ENOSYS (as without x32). Other
+ * architectures keep a blocklist of the dangerous calls.
+ *
+ * The program checks the system call number in chunks of 32: one range test per chunk, then a
+ * bit test against the chunk's allowed and known masks, so a call costs at most ~15 range tests
+ * instead of a walk over 400 comparisons. */
 #include "nsexec.h"
 
 #include <errno.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/netlink.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+#define RET_ERRNO(e) (SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
+#define MAX_PROG 1024
+
+struct prog {
+	struct sock_filter f[MAX_PROG];
+	size_t n;
+	bool overflow;
+};
+
+static size_t emit(struct prog *p, struct sock_filter insn)
+{
+	if (p->n >= MAX_PROG) {
+		p->overflow = true;
+		return p->n;
+	}
+	p->f[p->n] = insn;
+	return p->n++;
+}
+#define JUMP(p, code, k, jt, jf) emit((p), (struct sock_filter)BPF_JUMP((code), (k), (jt), (jf)))
+#define STMT(p, code, k) emit((p), (struct sock_filter)BPF_STMT((code), (k)))
+#define LOAD_NR(p) STMT((p), BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr))
 
 #if defined(__x86_64__)
-static const unsigned blocked_native[] = {
-	246 /* kexec_load */, 320 /* kexec_file_load */, 175 /* init_module */, 313 /* finit_module */,
-	176 /* delete_module */, 167 /* swapon */, 168 /* swapoff */, 304 /* open_by_handle_at */,
-	250 /* keyctl */, 248 /* add_key */, 249 /* request_key */, 172 /* iopl */, 173 /* ioperm */,
-	163 /* acct */, 103 /* syslog */, 212 /* lookup_dcookie */, 134 /* uselib */, 156 /* _sysctl */,
-	174 /* create_module */, 177 /* get_kernel_syms */, 178 /* query_module */, 180 /* nfsservctl */,
-};
-static const unsigned blocked_i386[] = {
-	283 /* kexec_load */, 128 /* init_module */, 350 /* finit_module */, 129 /* delete_module */,
-	87 /* swapon */, 115 /* swapoff */, 342 /* open_by_handle_at */, 288 /* keyctl */,
-	286 /* add_key */, 287 /* request_key */, 110 /* iopl */, 101 /* ioperm */, 51 /* acct */,
-	103 /* syslog */, 253 /* lookup_dcookie */, 86 /* uselib */, 149 /* _sysctl */,
-};
-#define NATIVE_ARCH AUDIT_ARCH_X86_64
-#define X32_BIT 0x40000000u
-#elif defined(__aarch64__)
+#include "seccomp-table.h"
+
+#define CHUNKS 16 /* 512 system call numbers: more than either table has */
+
+/* socket(AF_NETLINK, *, NETLINK_AUDIT) → EAFNOSUPPORT; leaves the system call number in A. */
+static void audit_socket_rule(struct prog *p, unsigned socket_nr)
+{
+	JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, socket_nr, 0, 5);
+	STMT(p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+	JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 0, 2);
+	STMT(p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2]));
+	JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, NETLINK_AUDIT, 2, 0);
+	LOAD_NR(p);
+	JUMP(p, BPF_JMP | BPF_JA, 1, 0, 0); /* skip the return below */
+	STMT(p, BPF_RET | BPF_K, RET_ERRNO(EAFNOSUPPORT));
+}
+
+/* The allow/known classification of one ABI, the number already in A. */
+static void classify(struct prog *p, const struct allowed_syscall *allowed, size_t n_allowed, const unsigned short *known,
+		     size_t n_known, uint64_t caps)
+{
+	uint32_t allow[CHUNKS] = { 0 }, knows[CHUNKS] = { 0 };
+	for (size_t i = 0; i < n_allowed; i++)
+		if (allowed[i].cap == 255 || (caps >> allowed[i].cap & 1))
+			allow[allowed[i].nr / 32] |= 1u << (allowed[i].nr % 32);
+	for (size_t i = 0; i < n_known; i++)
+		knows[known[i] / 32] |= 1u << (known[i] % 32);
+	for (unsigned c = 0; c < CHUNKS; c++) {
+		/* 14 instructions per chunk; A holds the number whenever a chunk starts */
+		JUMP(p, BPF_JMP | BPF_JGE | BPF_K, (c + 1) * 32, 13, 0);
+		STMT(p, BPF_ALU | BPF_SUB | BPF_K, c * 32);
+		STMT(p, BPF_MISC | BPF_TAX, 0);
+		STMT(p, BPF_LD | BPF_IMM, 1);
+		STMT(p, BPF_ALU | BPF_LSH | BPF_X, 0);
+		STMT(p, BPF_ST, 0);
+		STMT(p, BPF_ALU | BPF_AND | BPF_K, allow[c]);
+		JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0);
+		STMT(p, BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+		STMT(p, BPF_LD | BPF_MEM, 0);
+		STMT(p, BPF_ALU | BPF_AND | BPF_K, knows[c]);
+		JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0);
+		STMT(p, BPF_RET | BPF_K, RET_ERRNO(EPERM));
+		STMT(p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
+	}
+	STMT(p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
+}
+
+int seccomp_install_default(uint64_t caps)
+{
+	static struct prog p;
+	p.n = 0;
+	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+	size_t to_i386 = JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 0); /* jf patched */
+	LOAD_NR(&p);
+	/* x32 shares the arch value and sets bit 30 of the number: answered as by a kernel without
+	 * x32 (what nspawn's container sees on such a kernel, which Debian's is) */
+	JUMP(&p, BPF_JMP | BPF_JSET | BPF_K, 0x40000000u, 0, 1);
+	STMT(&p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
+	audit_socket_rule(&p, SOCKET_X86_64);
+	classify(&p, allowed_x86_64, N(allowed_x86_64), known_x86_64, N(known_x86_64), caps);
+	size_t i386 = p.n;
+	if (i386 - to_i386 - 1 > 255)
+		return errno = E2BIG, -1;
+	p.f[to_i386].jf = (unsigned char)(i386 - to_i386 - 1);
+	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+	JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 1, 0);
+	STMT(&p, BPF_RET | BPF_K, SECCOMP_RET_ALLOW); /* no other ABI can run here */
+	LOAD_NR(&p);
+	audit_socket_rule(&p, SOCKET_I386);
+	classify(&p, allowed_i386, N(allowed_i386), known_i386, N(known_i386), caps);
+	if (p.overflow)
+		return errno = E2BIG, -1;
+	struct sock_fprog fprog = { .len = (unsigned short)p.n, .filter = p.f };
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0, 0);
+}
+
+#else
+/* Other architectures: EPERM for the calls nspawn's allow-list leaves out and that matter. */
+#if defined(__aarch64__)
 static const unsigned blocked_native[] = {
 	104 /* kexec_load */, 294 /* kexec_file_load */, 105 /* init_module */, 273 /* finit_module */,
 	106 /* delete_module */, 224 /* swapon */, 225 /* swapoff */, 265 /* open_by_handle_at */,
 	219 /* keyctl */, 217 /* add_key */, 218 /* request_key */, 89 /* acct */, 116 /* syslog */,
 	18 /* lookup_dcookie */,
 };
-static const unsigned blocked_i386[] = { 0 };
 #define NATIVE_ARCH AUDIT_ARCH_AARCH64
 #endif
 
-#define N(a) (sizeof(a) / sizeof((a)[0]))
-#define ERRNO_EPERM (SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA))
-
-int seccomp_install_default(void)
+int seccomp_install_default(uint64_t caps)
 {
-	struct sock_filter prog[160];
-	size_t n = 0;
-#define EMIT(code, k, jt, jf) (prog[n++] = (struct sock_filter)BPF_JUMP((code), (k), (jt), (jf)))
-#define STMT(code, k) (prog[n++] = (struct sock_filter)BPF_STMT((code), (k)))
-	STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
-	/* native arch? go on at the native table; else check i386 */
-	size_t i386_len = N(blocked_i386) * 2 + 2;
-	(void)i386_len;
-#if defined(__x86_64__)
-	EMIT(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 0, 1);
-	EMIT(BPF_JMP | BPF_JA, 0, 0, 0); /* patched: jump to native section */
-	size_t ja_native = n - 1;
-	EMIT(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 1, 0);
-	STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW); /* other ABIs are not executable here anyway */
-	STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
-	for (size_t i = 0; i < N(blocked_i386); i++) {
-		EMIT(BPF_JMP | BPF_JEQ | BPF_K, blocked_i386[i], 0, 1);
-		STMT(BPF_RET | BPF_K, ERRNO_EPERM);
-	}
-	STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-	prog[ja_native].k = (unsigned)(n - ja_native - 1);
-	STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
-	EMIT(BPF_JMP | BPF_JSET | BPF_K, X32_BIT, 0, 1);
-	STMT(BPF_RET | BPF_K, ERRNO_EPERM);
-#else
-	EMIT(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0);
-	STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-	STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
-#endif
+	(void)caps;
+	static struct prog p;
+	p.n = 0;
+	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+	JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0);
+	STMT(&p, BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	LOAD_NR(&p);
 	for (size_t i = 0; i < N(blocked_native); i++) {
-		EMIT(BPF_JMP | BPF_JEQ | BPF_K, blocked_native[i], 0, 1);
-		STMT(BPF_RET | BPF_K, ERRNO_EPERM);
+		JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, blocked_native[i], 0, 1);
+		STMT(&p, BPF_RET | BPF_K, RET_ERRNO(EPERM));
 	}
-	STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-	struct sock_fprog fprog = { .len = (unsigned short)n, .filter = prog };
+	STMT(&p, BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct sock_fprog fprog = { .len = (unsigned short)p.n, .filter = p.f };
 	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0, 0);
 }
+#endif
