@@ -21,6 +21,10 @@ ALLOW += [(None, s) for s in '''arm_fadvise64_64 brk capget capset copy_file_ran
     splice sysinfo tee umask uname userfaultfd vmsplice'''.split()]
 ALLOW += [('SYS_PACCT', 'acct'), ('SYS_PTRACE', 'process_vm_readv'), ('SYS_PTRACE', 'process_vm_writev'),
           ('SYS_PTRACE', 'ptrace'), ('SYS_BOOT', 'reboot'), ('SYSLOG', 'syslog'), ('SYS_TTY_CONFIG', 'vhangup')]
+# mctl's one addition: mctl-nspawn's supervisor takes its container over with pidfd_getfd, so
+# mctl-nspawn can run inside a container only with it; it needs the same ptrace access to the
+# target as ptrace itself, and is gated by the same capability.
+ALLOW += [('SYS_PTRACE', 'pidfd_getfd')]
 
 
 def group(name, seen=None):
