@@ -41,7 +41,7 @@ after(async () => {
   for (const p of procs) p.kill('SIGKILL');
   run(['ip', 'link', 'del', outIf]);
   for (const s of spaces) s.kill();
-  for (const m of ['m1', 'm2', 'm3', 'm4']) await collect(`t-net-${id}-${m}`, cfg).catch(() => undefined);
+  for (const m of ['m1', 'm2', 'm3', 'm4', 'm5']) await collect(`t-net-${id}-${m}`, cfg).catch(() => undefined);
   run(['nft', 'delete', 'table', 'inet', cfg.table]);
   run(['nft', 'delete', 'table', 'ip', `tfor${id}`]);
   rmSync(stateDir, { recursive: true, force: true });
@@ -193,4 +193,25 @@ test('netlink failures: one clear line naming the step, nothing of ours left, no
   assert.equal(await getLink(hostVethName(gone, 'veth').name), null);
   assert.equal(readMachineNetState(gone, cfg), null);
   assert.equal(await listTableRules(cfg.table), null);
+});
+
+test('an nft failure (libnftables in-process) is one line, and the links made meanwhile are removed', async () => {
+  // A chain of ours that someone redefined as a filter chain: our nat chain definition clashes.
+  must(['nft', '-f', '-'], `add table inet ${cfg.table}\nadd chain inet ${cfg.table} postrouting { type filter hook postrouting priority 0; policy accept; }\n`);
+  const name = `t-net-${id}-m5`;
+  const ct = await makeNetns();
+  spaces.push(ct);
+  try {
+    await assert.rejects(setupMachineNetwork(request(name, ct.pid), cfg), (err: Error) => {
+      assert.match(err.message, new RegExp(`^network setup for '${name}' failed: nft: Error: `));
+      assert.doesNotMatch(err.message, /\n/);
+      return true;
+    });
+    const { hostVethName } = await import('../../src/net/index.js');
+    assert.equal(await getLink(hostVethName(name, 'veth').name), null, 'the veth made alongside is gone');
+    assert.equal(readMachineNetState(name, cfg), null, 'no state');
+    assert.equal(must(['nsenter', `--net=${ct.path}`, 'ip', '-br', 'link']).trim().split('\n').length, 1, 'nothing but lo inside');
+  } finally {
+    run(['nft', 'delete', 'table', 'inet', cfg.table]);
+  }
 });
