@@ -10,9 +10,9 @@ const { Script } = require('node:vm');
 const { createRequire } = require('node:module');
 
 const BUNDLE_DIR = join(__dirname, '..', 'dist', 'bundle');
-// The CommonJS module wrapper, as Node's own loader uses it.
-const WRAPPER_HEAD = '(function (exports, require, module, __filename, __dirname) { ';
-const WRAPPER_TAIL = '\n})';
+// A bundle starts with this line and ends with '})': it is the CommonJS module wrapper
+// function (as Node's own loader builds it), compiled as the file is, without a wrapped copy.
+const WRAPPER_HEAD = '(function (exports, require, module, __filename, __dirname) {';
 
 /**
  * Which bundle file a cache belongs to: V8 checks a cache against the source's length only, so
@@ -54,7 +54,8 @@ function compileBundle(name, useCache = true) {
     closeSync(fd);
   }
   const cachedData = useCache ? readCache(file, identity) : undefined;
-  const script = new Script(WRAPPER_HEAD + source + WRAPPER_TAIL, { filename: file, cachedData });
+  if (!source.startsWith(WRAPPER_HEAD)) return undefined;
+  const script = new Script(source, { filename: file, cachedData });
   return { file, identity, script };
 }
 
