@@ -78,8 +78,12 @@ export class NftError extends Error {
   }
 }
 
-function firstLine(text: string): string {
-  return (text.split('\n').find((l) => l.trim() !== '') ?? '').trim();
+/** "Could not process rule: Operation not supported (in: add chain …)": nft's error and the command it names, on one line. */
+function oneLine(text: string): string {
+  const lines = text.split('\n').filter((l) => l.trim() !== '');
+  const error = (lines[0] ?? '').trim().replace(/^Error: /, '');
+  const command = lines[1]?.trim();
+  return command && !/^\^/.test(command) ? `${error} (in: ${command})` : error;
 }
 
 /**
@@ -109,7 +113,7 @@ function withContext<T>(outputFlags: number, fn: (c: Calls, ctx: unknown) => T):
 function result(c: Calls, ctx: unknown, rc: number): string {
   if (rc !== 0) {
     const err = String(c.getError(ctx) ?? '');
-    throw new NftError(`nft: ${firstLine(err) || `exit status ${rc}`}`, err);
+    throw new NftError(`nft: ${oneLine(err) || `exit status ${rc}`}`, err);
   }
   return String(c.getOutput(ctx) ?? '');
 }

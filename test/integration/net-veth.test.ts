@@ -203,7 +203,7 @@ test('an nft failure (libnftables in-process) is one line, and the links made me
   spaces.push(ct);
   try {
     await assert.rejects(setupMachineNetwork(request(name, ct.pid), cfg), (err: Error) => {
-      assert.match(err.message, new RegExp(`^network setup for '${name}' failed: nft: Error: `));
+      assert.match(err.message, new RegExp(`^network setup for '${name}' failed: nft: Could not process rule: .* \\(in: add `));
       assert.doesNotMatch(err.message, /\n/);
       return true;
     });
