@@ -43,3 +43,18 @@ export function imageResidue(dir: string): ImageResidue {
     .filter((l) => l.includes(STAGING_DIR) || l.includes(dir));
   return { loops, mounts };
 }
+
+/**
+ * Wait (up to `timeoutMs`) until the residue in `dir` is back to `clean`, then compare. Loop
+ * devices detach asynchronously: autoclear runs once the last mount goes, which for a
+ * container is when its mount namespace is torn down, just after its processes are reaped.
+ */
+export async function settledResidue(dir: string, clean: ImageResidue, timeoutMs = 5000): Promise<ImageResidue> {
+  const deadline = Date.now() + timeoutMs;
+  let now = imageResidue(dir);
+  while (JSON.stringify(now) !== JSON.stringify(clean) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    now = imageResidue(dir);
+  }
+  return now;
+}

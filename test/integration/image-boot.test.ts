@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { STAGING_DIR } from '../../src/image/mount.js';
 import { removeImage, renameImage } from '../../src/image/store.js';
-import { debianImage, copyImage, type RawImageKind, imageResidue, type ImageResidue } from '../helpers/raw-images.js';
+import { debianImage, copyImage, type RawImageKind, imageResidue, settledResidue, type ImageResidue } from '../helpers/raw-images.js';
 import { setup, type Env } from './machined-harness.js';
 
 const NSPAWN = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
@@ -31,9 +31,7 @@ const residue = (): ImageResidue => imageResidue(dir);
 
 /** Autoclear runs when the container's namespace dies, just after the launcher exits: poll briefly. */
 async function assertCleanSoon(clean: ImageResidue): Promise<void> {
-  const deadline = Date.now() + 5000;
-  while (JSON.stringify(residue()) !== JSON.stringify(clean) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  assert.deepEqual(residue(), clean);
+  assert.deepEqual(await settledResidue(dir, clean), clean);
 }
 
 interface Running {
@@ -299,7 +297,7 @@ function stomp(path: string, offset: number, text: string): void {
   closeSync(fd);
 }
 
-test('bad images: one line on stderr, non-zero exit, nothing attached or mounted', () => {
+test('bad images: one line on stderr, non-zero exit, nothing attached or mounted', async () => {
   const root = process.arch === 'arm64' ? 'b921b045-1df0-41c3-af44-4c6f280d3fae' : '4f68bce3-e8cd-4db1-96e7-fbcaf984b709';
   const corrupt = badDisk('t-img-corrupt.raw', `label: gpt\nstart=2048, size=8192, type=${root}\n`, (p) => {
     stomp(p, 512 + 24, 'garbage!');
@@ -326,11 +324,11 @@ test('bad images: one line on stderr, non-zero exit, nothing attached or mounted
     assert.notEqual(r.status, 0, image);
     assert.match(r.stderr, /^mctl-nspawn: [^\n]+\n$/, `one line for ${image}: ${r.stderr}`);
     assert.match(r.stderr, why);
-    assert.deepEqual(residue(), clean);
+    await assertCleanSoon(clean);
   }
 });
 
-test('multi-partition GPT: home is mounted from its own partition, -x gives it its own throw-away layer', () => {
+test('multi-partition GPT: home is mounted from its own partition, -x gives it its own throw-away layer', async () => {
   const fsImage = debianImage('ext4');
   const fsSectors = Math.ceil(statSync(fsImage).size / 512);
   const root = process.arch === 'arm64' ? 'b921b045-1df0-41c3-af44-4c6f280d3fae' : '4f68bce3-e8cd-4db1-96e7-fbcaf984b709';
@@ -356,10 +354,10 @@ test('multi-partition GPT: home is mounted from its own partition, -x gives it i
   assert.deepEqual(eph.stdout.trim().split('\n').map((l) => l.trim()), ['scratch', 'from-home-partition', 'overlay']);
   const after = nspawnOnce([`--image=${img}`, '/bin/sh', '-c', 'ls /home']);
   assert.equal(after.stdout.trim(), 'lost+found\nmarker');
-  assert.deepEqual(residue(), clean);
+  await assertCleanSoon(clean);
 });
 
-test('a start that fails in the launch hooks (registration without a bus) leaves nothing behind', () => {
+test('a start that fails in the launch hooks (registration without a bus) leaves nothing behind', async () => {
   const image = copyImage(debianImage('ext4'), join(dir, 't-img-hookfail.raw'));
   const clean = residue();
   const r = spawnSync(NSPAWN, ['-q', '--console=pipe', '--register=yes', `--image=${image}`, '/bin/true'], {
@@ -369,13 +367,13 @@ test('a start that fails in the launch hooks (registration without a bus) leaves
   });
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /^mctl-nspawn: [^\n]+\n$/);
-  assert.deepEqual(residue(), clean);
+  await assertCleanSoon(clean);
   // And the lock was released: the image can be used again at once.
   const again = nspawnOnce([`--image=${image}`, '/bin/true']);
   assert.equal(again.status, 0, again.stderr);
 });
 
-test('a block device as --image (here a read-only loop device of the GPT image)', () => {
+test('a block device as --image (here a read-only loop device of the GPT image)', async () => {
   const dev = execFileSync('losetup', ['--find', '--show', '--read-only', debianImage('gpt')], { encoding: 'utf8' }).trim();
   try {
     const r = nspawnOnce(['-x', `--image=${dev}`, '/bin/sh', '-c', 'findmnt -n -o FSTYPE /; . /etc/os-release; echo $ID']);
@@ -386,7 +384,7 @@ test('a block device as --image (here a read-only loop device of the GPT image)'
   }
 });
 
-test('images work with a private user namespace (-U) and a veth link (-n)', () => {
+test('images work with a private user namespace (-U) and a veth link (-n)', async () => {
   const image = copyImage(debianImage('gpt'), join(dir, 't-img-userns.raw'));
   const clean = residue();
   const u = nspawnOnce(['-U', '-M', 't-img-u', `--image=${image}`, '/bin/sh', '-c', 'cat /proc/self/uid_map; id -u; stat -c %u /etc/hostname']);
@@ -400,5 +398,5 @@ test('images work with a private user namespace (-U) and a veth link (-n)', () =
   const n = nspawnOnce(['-n', '-M', 't-img-n', `--image=${image}`, '/bin/sh', '-c', 'ip -br link show host0']);
   assert.equal(n.status, 0, n.stderr);
   assert.match(n.stdout, /^host0@/);
-  assert.deepEqual(residue(), clean);
+  await assertCleanSoon(clean);
 });

@@ -12,7 +12,7 @@ import { DiskImageError } from '../../src/image/errors.js';
 import { rootTypeFor, usrTypeFor, hostDpsArch } from '../../src/image/dps.js';
 import { lockImage } from '../../src/image/lock.js';
 import { prepareImageRoot } from '../../src/nspawn/image.js';
-import { debianImage, copyImage, type RawImageKind, imageResidue, type ImageResidue } from '../helpers/raw-images.js';
+import { debianImage, copyImage, type RawImageKind, imageResidue, settledResidue, type ImageResidue } from '../helpers/raw-images.js';
 
 const MiB = 1024 * 1024;
 let dir = '';
@@ -26,8 +26,8 @@ after(() => {
 
 const residue = (): ImageResidue => imageResidue(dir);
 
-function assertClean(before: ImageResidue): void {
-  assert.deepEqual(residue(), before);
+async function assertClean(before: ImageResidue): Promise<void> {
+  assert.deepEqual(await settledResidue(dir, before), before);
 }
 
 function disk(name: string, script: string, sizeMiB: number): string {
@@ -60,7 +60,7 @@ const expected: Record<RawImageKind, { layout: string; fstype: string; readOnly:
 };
 
 for (const kind of ['ext4', 'gpt', 'mbr', 'squashfs'] as const) {
-  test(`${kind} image of the Debian tree mounts read-only and leaves nothing behind`, () => {
+  test(`${kind} image of the Debian tree mounts read-only and leaves nothing behind`, async () => {
     const image = debianImage(kind);
     const clean = residue();
     const m = mountImage(image, { readOnly: true });
@@ -77,11 +77,11 @@ for (const kind of ['ext4', 'gpt', 'mbr', 'squashfs'] as const) {
     } finally {
       m.release();
     }
-    assertClean(clean);
+    await assertClean(clean);
   });
 }
 
-test('GPT partition is its own loop device at the partition offset and size', () => {
+test('GPT partition is its own loop device at the partition offset and size', async () => {
   const image = debianImage('gpt');
   const m = mountImage(image, { readOnly: true });
   try {
@@ -114,36 +114,36 @@ test('stock systemd-nspawn -D boots the mounted GPT image to running', async () 
     await exited;
     m.release();
   }
-  assertClean(clean);
+  await assertClean(clean);
 });
 
-test('corrupt GPT: one-line error, nothing attached or mounted', () => {
+test('corrupt GPT: one-line error, nothing attached or mounted', async () => {
   const img = disk('corrupt.raw', `label: gpt\nstart=2048, size=16384, type=${rootTypeFor(hostDpsArch())}\n`, 16);
   writeAt(img, 2048 * 512, ext4Bytes(8));
   writeAt(img, 512 + 24, Buffer.from('garbage!'));
   writeAt(img, 16 * MiB - 512 + 24, Buffer.from('garbage!'));
   const clean = residue();
   assert.throws(() => mountImage(img), (e: unknown) => e instanceof DiskImageError && /corrupt GPT/.test(e.message) && !e.message.includes('\n'));
-  assertClean(clean);
+  await assertClean(clean);
 });
 
-test('GPT without a root partition: one-line error, nothing left', () => {
+test('GPT without a root partition: one-line error, nothing left', async () => {
   const img = disk('noroot.raw', `label: gpt\nstart=2048, size=16384, type=933ac7e1-2eb4-4f13-b844-0e14e2aef915\n`, 16);
   writeAt(img, 2048 * 512, ext4Bytes(8));
   const clean = residue();
   assert.throws(() => mountImage(img), /has no root partition/);
-  assertClean(clean);
+  await assertClean(clean);
 });
 
-test('truncated image: one-line error, nothing left', () => {
+test('truncated image: one-line error, nothing left', async () => {
   const img = copyImage(debianImage('gpt'), join(dir, 'truncated.raw'));
   truncateSync(img, 100 * MiB);
   const clean = residue();
   assert.throws(() => mountImage(img), /image is truncated/);
-  assertClean(clean);
+  await assertClean(clean);
 });
 
-test('a partition that fails to mount after the root undoes the root mount and all loops', () => {
+test('a partition that fails to mount after the root undoes the root mount and all loops', async () => {
   const arch = hostDpsArch();
   const img = disk('badusr.raw', `label: gpt\nstart=2048, size=16384, type=${rootTypeFor(arch)}\nsize=16384, type=${usrTypeFor(arch)}\n`, 32);
   writeAt(img, 2048 * 512, ext4Bytes(8));
@@ -153,10 +153,10 @@ test('a partition that fails to mount after the root undoes the root mount and a
   writeAt(img, 18432 * 512, sb);
   const clean = residue();
   assert.throws(() => mountImage(img), (e: unknown) => e instanceof DiskImageError && /cannot mount usr partition 2 \(ext4\)/.test(e.message));
-  assertClean(clean);
+  await assertClean(clean);
 });
 
-test('losetup fallback attaches with autoclear too', () => {
+test('losetup fallback attaches with autoclear too', async () => {
   const image = debianImage('ext4');
   const clean = residue();
   process.env['MCTL_LOOP_LOSETUP'] = '1';
@@ -172,10 +172,10 @@ test('losetup fallback attaches with autoclear too', () => {
   } finally {
     delete process.env['MCTL_LOOP_LOSETUP'];
   }
-  assertClean(clean);
+  await assertClean(clean);
 });
 
-test('an image locked by a running machine cannot be used for writing', () => {
+test('an image locked by a running machine cannot be used for writing', async () => {
   const image = copyImage(debianImage('ext4'), join(dir, 't-img-locked.raw'));
   const held = lockImage(image);
   const clean = residue();
@@ -184,15 +184,15 @@ test('an image locked by a running machine cannot be used for writing', () => {
   } finally {
     held.release();
   }
-  assertClean(clean);
+  await assertClean(clean);
   // Free again: it works, and release leaves nothing.
   const root = prepareImageRoot(image, { readOnly: false, ephemeral: false });
   assert.equal(readOSRelease(root.root)['ID'], 'debian');
   root.release();
-  assertClean(clean);
+  await assertClean(clean);
 });
 
-test('bare btrfs, xfs and erofs images mount (erofs read-only) and release cleanly', () => {
+test('bare btrfs, xfs and erofs images mount (erofs read-only) and release cleanly', async () => {
   const tree = mkdtempSync(join(dir, 'tree-'));
   execFileSync('mkdir', ['-p', join(tree, 'etc')]);
   execFileSync('sh', ['-c', `echo ID=t-img-fs > ${join(tree, 'etc/os-release')}`]);
@@ -226,5 +226,5 @@ test('bare btrfs, xfs and erofs images mount (erofs read-only) and release clean
       m.release();
     }
   }
-  assertClean(clean);
+  await assertClean(clean);
 });
