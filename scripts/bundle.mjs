@@ -90,6 +90,23 @@ const lazyStringWidth = {
   },
 };
 
+/**
+ * dbus-next's handshake loads node:crypto (~2 ms: a dozen internal modules) when it is loaded,
+ * for DBUS_COOKIE_SHA1 authentication only; mctl authenticates with EXTERNAL. It only calls
+ * crypto.createHash and crypto.randomBytes, so a stand-in that loads the module on the first
+ * property read behaves the same.
+ */
+const lazyCryptoForDbus = {
+  name: 'lazy-crypto-for-dbus-next',
+  setup(b) {
+    b.onResolve({ filter: /^crypto$/ }, (args) => (/[\\/]dbus-next[\\/]lib[\\/]handshake\.js$/.test(args.importer) ? { path: 'crypto', namespace: 'lazy-crypto' } : undefined));
+    b.onLoad({ filter: /.*/, namespace: 'lazy-crypto' }, () => ({
+      contents: "let real;\nmodule.exports = new Proxy({}, { get: (_, key) => (real ??= require('node:crypto'))[key] });\n",
+      loader: 'js',
+    }));
+  },
+};
+
 // A bundle file is the CommonJS module wrapper function expression itself, which the loader
 // compiles as it is (no wrapped copy of ~700 KB per start). Strict mode for the whole file, as
 // esbuild's own "use strict" (which comes after this banner) means.
@@ -128,7 +145,7 @@ export async function bundlePrograms() {
     supported: { 'dynamic-import': false },
     // Native addons load from node_modules as usual; x11 is an optional dbus-next transport.
     external: ['koffi', 'usocket', 'x11'],
-    plugins: [keepModuleSemantics, lazyStringWidth],
+    plugins: [keepModuleSemantics, lazyStringWidth, lazyCryptoForDbus],
     banner: { js: BANNER },
     footer: { js: '})' },
     // A leftover import.meta would silently become {} in CommonJS output: fail instead.
