@@ -239,6 +239,10 @@ export async function planUserNamespace(setting: PrivateUsers, ownershipMode: Ow
   const fixed = fixedRange(setting, root);
   const ownership = await resolveOwnership(ownershipMode ?? (setting.mode === 'pick' ? 'auto' : 'off'), root, fixed ? fixed.shift : null);
   if (ownership === 'chown' && !treeWritable) throw new UserError('--private-users-ownership=chown needs a writable tree', { hint: 'use map, or --ephemeral' });
+  // Asked here (cheap for known file systems) so the refusal is one line on every launch path.
+  if (ownership === 'map' && ownershipMode === 'map' && !(await supportsIdmap(root))) {
+    throw new UserError(`--private-users-ownership=map: idmapped mounts are not supported for ${root}`, { hint: 'use --private-users-ownership=chown or auto' });
+  }
   ensureRootViewDir();
   const userNamespace: UserNamespaceSpec = {
     uidShift: fixed?.shift ?? 0,

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { mkdtempSync, rmSync, statSync, mkdirSync, writeFileSync, chownSync, symlinkSync, lstatSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, mkdirSync, writeFileSync, chownSync, symlinkSync, lstatSync, readFileSync, readdirSync, existsSync } from 'node:fs';
 import { chownTree, resolveOwnership, supportsIdmap } from '../../src/nspawn/userns.js';
 import { helperPath } from '../../src/nspawn/launch.js';
 import { LockFile } from '../../src/net/lockfile.js';
@@ -107,11 +107,15 @@ test('a file system without idmapped mounts: map fails with one line and leaves 
     const before = mounts();
     const env = { ...process.env, MCTL_UID_LOCK_DIR: locks };
     const args = ['-q', '--register=no', '--console=pipe', '--timezone=off', '--resolv-conf=off', '--private-users=pick', '-D', tree, '-M', 't-userns-ramfs', '/bin/true'];
-    const map = spawnSync(nspawn, [...args.slice(0, -1), '--private-users-ownership=map', '/bin/true'], { env, encoding: 'utf8' });
-    assert.equal(map.status, 1);
-    assert.match(map.stderr, /^mctl-nspawn: --private-users-ownership=map: idmapped mounts are not supported for .*ramfs \(Invalid argument\)\n$/);
+    // Also with a veth (the launcher's hook path, where the helper runs before the hooks).
+    for (const extra of [[], ['--network-veth']]) {
+      const map = spawnSync(nspawn, [...args.slice(0, -1), ...extra, '--private-users-ownership=map', '/bin/true'], { env, encoding: 'utf8' });
+      assert.equal(map.status, 1);
+      assert.match(map.stderr, /^mctl-nspawn: --private-users-ownership=map: idmapped mounts are not supported for .*ramfs \(.*\)\n$/);
+    }
+    assert.notEqual(spawnSync('ip', ['link', 'show', 've-t-userns-ramfs']).status, 0, 'no veth left');
     assert.deepEqual(mounts(), before, 'no mounts left');
-    for (const f of readdirSync(locks)) {
+    for (const f of existsSync(locks) ? readdirSync(locks) : []) {
       const l = LockFile.tryAcquire(`${locks}/${f}`);
       assert.ok(l, `range lock ${f} released`);
       l.release();
