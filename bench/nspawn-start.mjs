@@ -1,5 +1,6 @@
 // Start latency of a command container, `/bin/true` on the Debian test tree (read-only), ours
-// vs systemd-nspawn 252, alternating; wall time and CPU time (user+sys, /usr/bin/time) per run.
+// vs systemd-nspawn 252, alternating; wall time and CPU time (user+sys, /usr/bin/time) per run;
+// and vs `node -e 0`, the floor of any Node entry point.
 import { spawnSync } from 'node:child_process';
 import { compare } from './lib.mjs';
 import { OURS, debianTree } from './nspawn-common.mjs';
@@ -18,6 +19,8 @@ export default async function run() {
   return [
     await compare({ name: 'start /bin/true (wall)', ours, reference, runs: 30, warmup: 3 }),
     await compare({ name: 'start /bin/true (CPU user+sys)', ours: () => cpuMs(ours), reference: () => cpuMs(reference), runs: 20, warmup: 2 }),
+    // What the launcher adds to Node's own start-up (the part of the gap mctl can still close).
+    await compare({ name: 'start /bin/true vs node -e 0 (wall)', ours, reference: [process.execPath, '-e', '0'], runs: 20, warmup: 2 }),
   ];
 }
 if (import.meta.url === `file://${process.argv[1]}`) await run();
