@@ -72,4 +72,4 @@ function runProgram(name, fallback) {
   else import(join(__dirname, fallback));
 }
 
-module.exports = { BUNDLE_DIR, compileBundle, runCompiled, runProgram };
+module.exports = { BUNDLE_DIR, bundleIdentity, readCache, compileBundle, runCompiled, runProgram };
