@@ -191,10 +191,15 @@ export function trainCodeCaches() {
         timeout: 60_000,
       });
       if (!existsSync(join(outDir, `${name}.cjs.cache`))) throw new Error(`recording the code cache of ${name} failed: ${r.error?.message ?? r.stderr}`);
+      return r;
     };
-    // The launcher on its plain start path, stopped at the execve() into the native helper.
-    mkdirSync(join(scratch, 'tree'));
-    train('mctl-nspawn', ['-q', '--register=no', '--read-only', '-D', join(scratch, 'tree'), '/bin/true']);
+    // The launcher on its plain start path, stopped at the execve() into the native helper
+    // (status 0 only then), on a tree that passes its checks (/usr, os-release).
+    mkdirSync(join(scratch, 'tree/usr'), { recursive: true });
+    mkdirSync(join(scratch, 'tree/etc'));
+    writeFileSync(join(scratch, 'tree/etc/os-release'), 'ID=mctl-build\n');
+    const launcher = train('mctl-nspawn', ['-q', '--register=no', '--read-only', '-D', join(scratch, 'tree'), '/bin/true']);
+    if (launcher.status !== 0) console.warn(`build: the launcher's code cache covers less than its start path: ${launcher.stderr.trim()}`);
     // The CLI up to its first bus call (no bus here: that part fails and is left to lazy compiling).
     train('mctl', ['list'], { DBUS_SYSTEM_BUS_ADDRESS: `unix:path=${join(scratch, 'no-bus')}` });
     train('mctl-machined', ['--version']);
