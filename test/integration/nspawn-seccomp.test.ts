@@ -89,7 +89,8 @@ after(() => rmSync(work, { recursive: true, force: true }));
 
 function runProbe(launcher: string, extra: string[], calls = CALLS): string[] {
   const base = launcher === STOCK ? ['--keep-unit'] : [];
-  const r = spawnSync(launcher, ['-q', '--register=no', ...base, '--read-only', '--pipe', '-D', tree, `--bind-ro=${probe}:/probe`, ...extra, '/probe', ...calls.flat()], {
+  // bound onto /mnt, which the tree has: a bind onto a new path would create it in the cached tree
+  const r = spawnSync(launcher, ['-q', '--register=no', ...base, '--read-only', '--pipe', '-D', tree, `--bind-ro=${work}:/mnt`, ...extra, '/mnt/probe', ...calls.flat()], {
     encoding: 'utf8',
     timeout: 60_000,
   });
@@ -101,6 +102,7 @@ test("the default filter answers as nspawn 252's allow-list does", () => {
   const host = spawnSync(probe, CALLS.flat(), { encoding: 'utf8' }).stdout.trim().split('\n');
   assert.notDeepEqual(host, EXPECTED, 'without a filter the kernel answers differently (the probe can tell)');
   assert.deepEqual(runProbe(NSPAWN, []), EXPECTED);
+  assert.ok(!existsSync(join(tree, 'probe')) && !existsSync(join(tree, 'mnt/probe')), 'the cached tree is not written');
 });
 
 test('capability-gated groups follow the bounding set: @clock with CAP_SYS_TIME, ptrace without CAP_SYS_PTRACE', () => {
