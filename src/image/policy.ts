@@ -50,7 +50,7 @@ function parseFlags(text: string, designator: string, flags: string): PartitionP
   const fstypes = new Set<string>();
   const policy: { readOnly?: boolean; growfs?: boolean } = {};
   const seen = new Set<string>();
-  for (const flag of flags.split('+')) {
+  for (const flag of flags.split('+').map((f) => f.trim())) {
     if (seen.has(flag)) throw invalid(text, `flag '${flag}' given twice for ${designator || 'the default'}`);
     seen.add(flag);
     if ((USE_FLAGS as readonly string[]).includes(flag)) use.add(flag as UseFlag);
@@ -65,23 +65,24 @@ function parseFlags(text: string, designator: string, flags: string): PartitionP
       policy.growfs = flag === 'growfs-on';
     } else throw invalid(text, `unknown flag '${flag}'${flag === '' ? ` for ${designator || 'the default'}` : ''}`);
   }
+  // systemd reads an empty flag list as "no use flag given"; mctl asks for one to be explicit.
   if (use.size === 0) throw invalid(text, `no use flag (unprotected, verity, signed, encrypted, unused, absent, open, ignore) for ${designator || 'the default'}`);
   return { use, ...policy, ...(fstypes.size > 0 ? { fstypes } : {}) };
 }
 
 /** Parse a policy string; one-line DiskImageError for anything malformed. */
 export function parseImagePolicy(text: string): ImagePolicy {
-  const special: Record<string, ReadonlySet<UseFlag>> = { '*': OPEN, '-': IGNORE, '~': new Set<UseFlag>(['absent']) };
-  const whole = special[text];
+  // An empty policy is "-", as in systemd.
+  const special: Record<string, ReadonlySet<UseFlag>> = { '': IGNORE, '*': OPEN, '-': IGNORE, '~': new Set<UseFlag>(['absent']) };
+  const whole = special[text.trim()];
   if (whole) return { text, partitions: new Map(), defaultPolicy: { use: whole } };
-  if (text.trim() === '') throw invalid(text, 'empty');
   const partitions = new Map<PolicyDesignator, PartitionPolicy>();
   let defaultPolicy: PartitionPolicy | undefined;
   for (const rule of text.split(':')) {
     const eq = rule.indexOf('=');
     if (eq < 0) throw invalid(text, `rule '${rule}' has no '='`);
-    const name = rule.slice(0, eq);
-    const flags = parseFlags(text, name, rule.slice(eq + 1));
+    const name = rule.slice(0, eq).trim();
+    const flags = parseFlags(text, name, rule.slice(eq + 1).trim());
     if (name === '') {
       if (defaultPolicy) throw invalid(text, 'the default (=FLAGS) is given twice');
       defaultPolicy = flags;

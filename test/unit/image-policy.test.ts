@@ -33,11 +33,12 @@ test('policies parse: rules, the default, the special strings; flags expand', ()
   assert.equal(policyFor(parseImagePolicy('*'), 'var').use.size, 6);
   assert.deepEqual([...policyFor(parseImagePolicy('-'), 'root').use].sort(), ['absent', 'unused']);
   assert.deepEqual([...policyFor(parseImagePolicy('~'), 'root').use], ['absent']);
+  assert.deepEqual([...policyFor(parseImagePolicy(''), 'usr').use].sort(), ['absent', 'unused']);
+  assert.deepEqual([...policyFor(parseImagePolicy(' root = unprotected + ext4 '), 'root').use], ['unprotected']);
 });
 
 test('malformed policies: one line saying what is wrong', () => {
   const bad: Array<[string, RegExp]> = [
-    ['', /empty/],
     ['root', /rule 'root' has no '='/],
     ['boot=open', /unknown partition 'boot'/],
     ['root=safe', /unknown flag 'safe'/],
