@@ -280,9 +280,11 @@ void userns_after_clone(const struct config *c, pid_t pid)
 		close(ns);
 	}
 	/* move_mount() only attaches inside the caller's mount namespace: enter the container's for
-	 * the move (we are single-threaded, as setns(CLONE_NEWNS) requires) and come back. */
+	 * the move (we are single-threaded, as setns(CLONE_NEWNS) requires) and come back. setns()
+	 * resets root and working directory to the namespace's: both are restored afterwards. */
 	int self = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
 	int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int rootdir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	int target = open_proc(pid, "ns/mnt");
 	if (self < 0 || target < 0)
 		fail_after_clone(pid, "failed to open mount namespaces: %s", strerror(errno));
@@ -292,6 +294,8 @@ void userns_after_clone(const struct config *c, pid_t pid)
 	int err = errno;
 	if (setns(self, CLONE_NEWNS) < 0)
 		fail_after_clone(pid, "failed to return to our mount namespace: %s", strerror(errno));
+	if (rootdir >= 0 && (fchdir(rootdir) < 0 || chroot(".") < 0))
+		warnx_("failed to return to the root directory: %s", strerror(errno));
 	if (cwd >= 0 && fchdir(cwd) < 0)
 		warnx_("failed to return to the working directory: %s", strerror(errno));
 	if (moved < 0)
@@ -300,6 +304,8 @@ void userns_after_clone(const struct config *c, pid_t pid)
 	close(self);
 	if (cwd >= 0)
 		close(cwd);
+	if (rootdir >= 0)
+		close(rootdir);
 	close(tree);
 }
 
