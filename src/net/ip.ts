@@ -1,6 +1,8 @@
-// The one typed wrapper over iproute2 (`ip -j` for queries, `ip -batch -` for changes, so a
-// whole setup step costs one exec). Commands can target another network namespace by the PID
-// of a process inside it, or by a namespace file (--network-namespace-path).
+// A typed wrapper over iproute2 (`ip -j` for queries, `ip -batch -` for changes) for callers
+// that want iproute2's own view, e.g. tests checking what the kernel shows. Container network
+// setup and clean-up do not run `ip`: they speak rtnetlink in-process (src/sys/netlink.ts).
+// Commands can target another network namespace by the PID of a process inside it, or by a
+// namespace file.
 import { runTool } from './exec.js';
 
 /** Where a command runs: the host's namespace (undefined), a process's netns, or a netns file. */
