@@ -1,11 +1,12 @@
-// mctl-machined never blocks its event loop: reading a raw image's identity files needs the
-// image staging lock (a blocking wait) and loop devices, so it runs in a child process; while a
-// stuck process holds that lock, every other call is still answered at once. Runs the BUILT
-// bin/mctl-machined on a private bus.
+// mctl-machined as a resident service: it never blocks its event loop (reading a raw image's
+// identity files needs the image staging lock, a blocking wait, and loop devices, so it runs in
+// a child process; while a stuck process holds that lock every other call is still answered),
+// and it runs with the memory-saving V8 flags, re-executing itself once under the same PID.
+// Runs the BUILT bin/mctl-machined on a private bus.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { call } from '../../src/dbus/bus.js';
 import { ofdLock } from '../../src/sys/libc.js';
@@ -67,4 +68,29 @@ test('an unreadable raw image is an error reply, and the service lives on', asyn
   await expectDBusError(e.manager('GetImageOSRelease', 's', ['t-md-none']), 'org.freedesktop.machine1.NoSuchImage');
   const list = await e.manager('ListImages');
   assert.ok((list.body[0] as unknown[][]).some((row) => row[0] === 't-md-raw'));
+});
+
+function cmdline(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+}
+
+test('the service runs with its V8 memory flags, under the PID it was started with', async () => {
+  const args = cmdline(e.machined.proc.pid as number);
+  for (const flag of ['--max-semi-space-size=2', '--v8-pool-size=1', '--optimize-for-size']) assert.ok(args.includes(flag), `${flag} in ${args.join(' ')}`);
+  assert.equal(args.filter((a) => a === '--max-semi-space-size=2').length, 1, 'flags given once (no re-exec loop)');
+  // MCTL_MACHINED_NODE_FLAGS replaces them; empty means none
+  await e.machined.stop();
+  e.env['MCTL_MACHINED_NODE_FLAGS'] = '--max-semi-space-size=4';
+  try {
+    e.machined = await e.startMachined();
+    const custom = cmdline(e.machined.proc.pid as number);
+    assert.ok(custom.includes('--max-semi-space-size=4') && !custom.includes('--optimize-for-size'), custom.join(' '));
+    await e.machined.stop();
+    e.env['MCTL_MACHINED_NODE_FLAGS'] = '';
+    e.machined = await e.startMachined();
+    assert.ok(!cmdline(e.machined.proc.pid as number).some((a) => a.startsWith('--max-semi-space-size')));
+    await e.manager('ListMachines');
+  } finally {
+    delete e.env['MCTL_MACHINED_NODE_FLAGS'];
+  }
 });
