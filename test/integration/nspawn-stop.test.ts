@@ -4,7 +4,8 @@
 // booted Debian shuts down cleanly — its services are stopped by their own manager (SIGTERM),
 // not killed by a signal sent to every process. Against our mctl-machined on a private bus
 // (its cgroupfs backend sends Scope.RequestStop to the controller as systemd does); a
-// RequestStop from anyone else is ignored.
+// RequestStop from anyone else is ignored. Stock systemd-nspawn, the reference controller,
+// is stopped the same way by mctl-machined.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -154,5 +155,28 @@ test('RequestStop from a connection that is neither systemd nor the machine serv
   } finally {
     c.child.kill('SIGKILL');
     await c.exited;
+  }
+});
+
+test('stock systemd-nspawn registered with mctl-machined is asked to stop the same way (its own RequestStop handler)', { skip: !existsSync('/usr/bin/systemd-nspawn') && 'systemd-nspawn is not installed' }, async () => {
+  // --volatile=overlay: the cached tree is never written
+  const child = spawn('/usr/bin/systemd-nspawn', ['--volatile=overlay', '--console=passive', '-b', '-M', 't-nsp-stop4', '-D', tree], { env: bus.env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  try {
+    for (let i = 0; ; i++) {
+      const r = await call(client, { ...manager, member: 'ListMachines' });
+      if ((r.body[0] as Array<[string]>).some((m) => m[0] === 't-nsp-stop4')) break;
+      if (i > 300 || child.exitCode !== null) throw new Error(`not registered: ${err}`);
+      await sleep(50);
+    }
+    assert.equal(await waitRunning(await leaderOf('t-nsp-stop4')), 'running');
+    await call(client, { ...manager, member: 'TerminateMachine', signature: 's', body: ['t-nsp-stop4'] });
+    assert.equal(await Promise.race([exited, timeout(30_000)]), 0, err);
+    assert.match(err, /Container termination requested/);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
   }
 });
