@@ -50,8 +50,9 @@ function recordIsLive(path: string): boolean {
   let fd: number;
   try {
     fd = openSync(path, fsc.O_RDWR | fsc.O_NOFOLLOW);
-  } catch {
-    return false;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === 'EACCES' || code === 'EPERM' ? readOnlyProbe(path) : false;
   }
   try {
     if (!ofdLock(fd, 'exclusive')) return true;
@@ -62,6 +63,21 @@ function recordIsLive(path: string): boolean {
       // already gone
     }
     return false;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** For users who may not write the record: a shared lock still conflicts with the holder's. */
+function readOnlyProbe(path: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    return !ofdLock(fd, 'shared');
   } finally {
     closeSync(fd);
   }

@@ -87,6 +87,23 @@ test('list-transfers shows a running pull; cancel-transfer stops it and it clean
   assert.match(text.stdout.toString(), new RegExp(`^${listed.id}\\s+\\d+%\\s+pull-tar\\s+t-gap-pull\\s+http://`, 'm'));
   assert.match(text.stdout.toString(), /\n\n\d+ transfers listed\.\n$/);
 
+  // an unprivileged user sees it too (a shared lock probe, read-only), and cannot cancel it
+  const asNobody = (args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const c = spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, MCTL, ...args], { env: { ...process.env, ...svc.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      c.on('close', (code) => resolve({ code, stdout: out, stderr: err }));
+    });
+  const seen = await asNobody(['list-transfers', '-o', 'json']);
+  assert.equal(seen.code, 0, seen.stderr);
+  assert.ok((JSON.parse(seen.stdout) as Listed[]).some((t) => t.id === listed.id), seen.stdout);
+  const refused = await asNobody(['cancel-transfer', String(listed.id)]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr.trim(), new RegExp(`^mctl: cannot signal transfer ${listed.id} \\(PID ${pid}\\): EPERM$`));
+
   const cancel = await runMctl(['cancel-transfer', String(listed.id)], svc.env);
   assert.equal(cancel.code, 0, cancel.stderr);
   assert.match(cancel.stderr, new RegExp(`^Canceled transfer ${listed.id} \\(pull-tar t-gap-pull\\)\\.$`, 'm'));
