@@ -161,7 +161,6 @@ test('-U leaves nothing in the mount table: before, while running and after, ide
   // cannot show up; / is made shared in it, as on every systemd host.
   const gate = `${dir}/gate`;
   must(['mkdir', '-m', '0777', gate]);
-  must(['chmod', '0755', dir]); // the bind source is opened by the container's (unprivileged) root
   const script = `
     mount --make-rshared /
     cat /proc/self/mountinfo > ${dir}/mi-before
@@ -185,4 +184,15 @@ test('-U leaves nothing in the mount table: before, while running and after, ide
   const before = table('mi-before');
   assert.equal(diff(before, table('mi-during')), '', 'nothing of the container in our mount table while it runs');
   assert.equal(diff(before, table('mi-after')), '', 'nothing left after it ended');
+});
+
+test('-U: bind mounts from places the container\'s root could not reach (a 0700 directory) work, files and directories', () => {
+  const hidden = `${dir}/hidden`; // below mkdtemp's 0700 directory
+  must(['mkdir', '-p', `${hidden}/d`]);
+  must(['sh', '-c', `echo in-dir > ${hidden}/d/f; echo single > ${hidden}/single`]);
+  const r = run([nspawn, '-q', '--register=no', '--console=pipe', '--read-only', '--timezone=off', '--resolv-conf=off', '-U', '-D', debianTree(), '-M', `t-userns-${id}-b`,
+    `--bind=${hidden}/d:/d`, `--bind-ro=${hidden}/single:/etc/single`, '/bin/sh', '-c', 'cat /d/f /etc/single; stat -c %U /d; ls /run']);
+  assert.equal(r.status, 0, r.stderr);
+  // Host owners stay as they are (root of the host is nobody inside), as nspawn's plain binds.
+  assert.deepEqual(r.stdout.trim().split('\n'), ['in-dir', 'single', 'nobody', 'host']);
 });

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readdirSync, mkdirSync, chmodSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parsePrivateUsers, parseOwnership, fixedRange, UID_BASE_MIN, UID_BASE_MAX, UID_RANGE } from '../../src/nspawn/userns.js';
 import { siphash24, hexKey } from '../../src/net/siphash.js';
@@ -35,7 +35,6 @@ test('10 launchers with one name starting at the same moment get 10 disjoint ran
     const locks = `${dir}/locks`;
     const gate = `${dir}/gate`;
     mkdirSync(gate);
-    chmodSync(dir, 0o755); // the bind source is opened by the container's (unprivileged) root
     const env = { ...process.env, MCTL_UID_LOCK_DIR: locks };
     // Each prints its map, then waits for the gate file, so all ten hold their ranges at once.
     const kids = Array.from({ length: 10 }, () =>

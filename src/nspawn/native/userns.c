@@ -74,6 +74,7 @@ static struct {
 	bool idmap;
 	const char *view_at; /* non-NULL: attach the root view here inside the container */
 	const char *tree;    /* the tree itself (c->root before it was redirected to view_at) */
+	const char *bind_source[MAX_ITEMS]; /* host sources of bind mounts handed over the same way */
 	int lock_fd;
 } u = { .lock_fd = -1 };
 
@@ -236,9 +237,21 @@ void userns_before_clone(struct config *c)
 {
 	if (u.lock_dir)
 		pick_range(c);
-	if (u.view_at) {
-		u.tree = c->root;
-		c->root = u.view_at; /* the child (a copy of us) builds the container there */
+	if (!u.view_at)
+		return;
+	/* The child (a copy of us) builds the container from these paths, which the helper fills
+	 * in its mount namespace after the clone (userns_after_clone): VIEW/root is the tree, and
+	 * VIEW/bind/N the source of bind mount N, so no host path has to be traversable for it. */
+	u.tree = c->root;
+	if (asprintf((char **)&c->root, "%s/root", u.view_at) < 0)
+		die("out of memory");
+	for (size_t i = 0; i < c->n_mounts; i++) {
+		struct mount_op *m = &c->mounts[i];
+		if (m->kind != MOUNT_BIND)
+			continue;
+		u.bind_source[i] = m->source;
+		if (asprintf((char **)&m->source, "%s/bind/%zu", u.view_at, i) < 0)
+			die("out of memory");
 	}
 }
 
@@ -262,11 +275,49 @@ static void fail_after_clone(pid_t pid, const char *fmt, ...)
 	die("%s", buf);
 }
 
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#define SYS_fsconfig 431
+#define SYS_fsmount 432
+#endif
+
+/* A tmpfs mounted nowhere yet (0755, owned by host root: the container's root may traverse it,
+ * not change it), holding the mount points of the root view and of the bind sources. */
+static int holder_tmpfs(const struct config *c, const int *binds, pid_t pid)
+{
+	int fs = (int)syscall(SYS_fsopen, "tmpfs", 1 /* FSOPEN_CLOEXEC */);
+	if (fs < 0 || syscall(SYS_fsconfig, fs, 1 /* SET_STRING */, "mode", "0755", 0) < 0 ||
+	    syscall(SYS_fsconfig, fs, 6 /* CMD_CREATE */, NULL, NULL, 0) < 0)
+		fail_after_clone(pid, "failed to create a tmpfs for the container's root: %s", strerror(errno));
+	int t = (int)syscall(SYS_fsmount, fs, 1 /* FSMOUNT_CLOEXEC */, 0x2 | 0x4 | 0x8 /* nosuid nodev noexec */);
+	if (t < 0)
+		fail_after_clone(pid, "failed to mount a tmpfs for the container's root: %s", strerror(errno));
+	close(fs);
+	if (mkdirat(t, "root", 0755) < 0 || mkdirat(t, "bind", 0755) < 0)
+		fail_after_clone(pid, "failed to prepare the container's root: %s", strerror(errno));
+	for (size_t i = 0; i < c->n_mounts; i++) {
+		if (binds[i] < 0)
+			continue;
+		char name[32];
+		struct stat st;
+		snprintf(name, sizeof(name), "bind/%zu", i);
+		if (fstat(binds[i], &st) < 0)
+			fail_after_clone(pid, "failed to stat %s: %s", u.bind_source[i], strerror(errno));
+		int r = S_ISDIR(st.st_mode) ? mkdirat(t, name, 0755) : openat(t, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+		if (r < 0)
+			fail_after_clone(pid, "failed to prepare the mount point for %s: %s", u.bind_source[i], strerror(errno));
+		if (!S_ISDIR(st.st_mode))
+			close(r);
+	}
+	return t;
+}
+
 void userns_after_clone(const struct config *c, pid_t pid)
 {
-	(void)c;
 	if (!u.view_at)
 		return;
+	/* Detached clones of the tree and the bind sources, taken here where host root reaches
+	 * every path; the tree idmapped with the container's own user namespace for map. */
 	int tree = (int)syscall(SYS_open_tree, AT_FDCWD, u.tree, U_OPEN_TREE_CLONE | O_CLOEXEC | U_AT_RECURSIVE);
 	if (tree < 0)
 		fail_after_clone(pid, "failed to clone the tree %s: %s", u.tree, strerror(errno));
@@ -279,8 +330,19 @@ void userns_after_clone(const struct config *c, pid_t pid)
 			fail_after_clone(pid, "--private-users-ownership=map: idmapped mounts are not supported for %s (%s)", u.tree, strerror(errno));
 		close(ns);
 	}
+	static int binds[MAX_ITEMS];
+	for (size_t i = 0; i < c->n_mounts; i++) {
+		binds[i] = -1;
+		if (!u.bind_source[i])
+			continue;
+		binds[i] = (int)syscall(SYS_open_tree, AT_FDCWD, u.bind_source[i], U_OPEN_TREE_CLONE | O_CLOEXEC | (c->mounts[i].recursive ? U_AT_RECURSIVE : 0));
+		if (binds[i] < 0)
+			fail_after_clone(pid, "failed to open the bind mount source %s: %s", u.bind_source[i], strerror(errno));
+	}
+	int holder = holder_tmpfs(c, binds, pid);
+
 	/* move_mount() only attaches inside the caller's mount namespace: enter the container's for
-	 * the move (we are single-threaded, as setns(CLONE_NEWNS) requires) and come back. setns()
+	 * the moves (we are single-threaded, as setns(CLONE_NEWNS) requires) and come back. setns()
 	 * resets root and working directory to the namespace's: both are restored afterwards. */
 	int self = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
 	int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -290,7 +352,18 @@ void userns_after_clone(const struct config *c, pid_t pid)
 		fail_after_clone(pid, "failed to open mount namespaces: %s", strerror(errno));
 	if (setns(target, CLONE_NEWNS) < 0)
 		fail_after_clone(pid, "failed to enter the container's mount namespace: %s", strerror(errno));
-	int moved = (int)syscall(SYS_move_mount, tree, "", AT_FDCWD, u.view_at, U_MOVE_MOUNT_F_EMPTY_PATH);
+	const char *what = u.view_at;
+	int moved = (int)syscall(SYS_move_mount, holder, "", AT_FDCWD, u.view_at, U_MOVE_MOUNT_F_EMPTY_PATH);
+	if (moved == 0) {
+		what = c->root;
+		moved = (int)syscall(SYS_move_mount, tree, "", AT_FDCWD, c->root, U_MOVE_MOUNT_F_EMPTY_PATH);
+	}
+	for (size_t i = 0; moved == 0 && i < c->n_mounts; i++) {
+		if (binds[i] < 0)
+			continue;
+		what = c->mounts[i].source;
+		moved = (int)syscall(SYS_move_mount, binds[i], "", AT_FDCWD, c->mounts[i].source, U_MOVE_MOUNT_F_EMPTY_PATH);
+	}
 	int err = errno;
 	if (setns(self, CLONE_NEWNS) < 0)
 		fail_after_clone(pid, "failed to return to our mount namespace: %s", strerror(errno));
@@ -299,13 +372,17 @@ void userns_after_clone(const struct config *c, pid_t pid)
 	if (cwd >= 0 && fchdir(cwd) < 0)
 		warnx_("failed to return to the working directory: %s", strerror(errno));
 	if (moved < 0)
-		fail_after_clone(pid, "failed to mount the container's root on %s: %s", u.view_at, strerror(err));
+		fail_after_clone(pid, "failed to mount %s inside the container: %s", what, strerror(err));
 	close(target);
 	close(self);
 	if (cwd >= 0)
 		close(cwd);
 	if (rootdir >= 0)
 		close(rootdir);
+	for (size_t i = 0; i < c->n_mounts; i++)
+		if (binds[i] >= 0)
+			close(binds[i]);
+	close(holder);
 	close(tree);
 }
 
