@@ -30,13 +30,14 @@ export interface LaunchHooks {
 /**
  * The supervisor's own bus connection, so it can be the scope's Controller= as systemd-nspawn
  * is: `prepare` connects to `address` before the hooks run and `uniqueName` is filled in (null
- * when it could not connect); a hook registers the scope with it and fills `trustedSenders`
- * (the unique names allowed to send RequestStop: systemd1's and machine1's owners).
+ * when it could not connect); a hook registers the scope with it and fills `trustedSenders`:
+ * the well-known names allowed to send RequestStop (org.freedesktop.systemd1, …machine1) with
+ * their current owners; the supervisor follows later owner changes itself.
  */
 export interface BusController {
   address: string;
   uniqueName: string | null;
-  trustedSenders: string[];
+  trustedSenders: Array<{ name: string; owner: string }>;
 }
 
 export type { ContainerSpec };
@@ -232,7 +233,7 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
     }
     throw err;
   }
-  const busArgs = controller?.uniqueName && controller.trustedSenders.length > 0 ? ['bus-fd', String(busFd), ...controller.trustedSenders.flatMap((n) => ['bus-trust', n])] : [];
+  const busArgs = controller?.uniqueName && controller.trustedSenders.length > 0 ? ['bus-fd', String(busFd), ...controller.trustedSenders.flatMap((t) => ['bus-trust', t.name, t.owner])] : [];
   execve(helper, ['mctl-nsexec', 'supervise', String(pid), fd, ...busArgs, ...args], env);
   throw new Error('unreachable: execve returned');
 }

@@ -288,7 +288,7 @@ export class Registration {
     }
   }
 
-  /** The supervisor obeys Scope.RequestStop only from the current owners of these names. */
+  /** The supervisor obeys Scope.RequestStop only from the owners of these names (followed on changes). */
   private async trustStopRequestsFrom(names: string[]): Promise<void> {
     if (!this.controller?.uniqueName) return;
     const { call } = await import('../dbus/bus.js');
@@ -298,7 +298,7 @@ export class Registration {
           destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus',
           member: 'GetNameOwner', signature: 's', body: [name], timeoutMs: 5000,
         });
-        this.controller.trustedSenders.push(reply.body[0] as string);
+        this.controller.trustedSenders.push({ name, owner: reply.body[0] as string });
       } catch {
         // not on the bus: nobody to trust for it
       }

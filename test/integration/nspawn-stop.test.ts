@@ -29,28 +29,38 @@ let bus: PrivateBus;
 let client: MessageBus;
 let machined: ChildProcess | null = null;
 
+async function startMachined(): Promise<void> {
+  const child = spawn(join(repo, 'bin/mctl-machined'), [], { env: { ...bus.env, MCTL_MACHINED_STATE_DIR: join(work, 'state') }, stdio: ['ignore', 'ignore', 'inherit'] });
+  machined = child;
+  for (let i = 0; ; i++) {
+    const r = await call(client, { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'NameHasOwner', signature: 's', body: ['org.freedesktop.machine1'] });
+    if (r.body[0] === true) break;
+    if (i > 300 || child.exitCode !== null) throw new Error('mctl-machined did not start');
+    await sleep(50);
+  }
+}
+
+async function stopMachined(): Promise<void> {
+  const child = machined;
+  machined = null;
+  if (!child || child.exitCode !== null) return;
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await Promise.race([gone, sleep(5000)]);
+  if (child.exitCode === null) child.kill('SIGKILL');
+}
+
 before(async () => {
   tree = debianTree();
   work = mkdtempSync('/tmp/mctl-nspawn-stop-');
   bus = await startPrivateBus();
   client = connectBus(bus.env['DBUS_SYSTEM_BUS_ADDRESS']);
-  machined = spawn(join(repo, 'bin/mctl-machined'), [], { env: { ...bus.env, MCTL_MACHINED_STATE_DIR: join(work, 'state') }, stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; ; i++) {
-    const r = await call(client, { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'NameHasOwner', signature: 's', body: ['org.freedesktop.machine1'] });
-    if (r.body[0] === true) break;
-    if (i > 300 || machined.exitCode !== null) throw new Error('mctl-machined did not start');
-    await sleep(50);
-  }
+  await startMachined();
 });
 
 after(async () => {
   client?.disconnect();
-  if (machined && machined.exitCode === null) {
-    const gone = new Promise((r) => machined!.once('exit', r));
-    machined.kill('SIGTERM');
-    await Promise.race([gone, sleep(5000)]);
-    if (machined.exitCode === null) machined.kill('SIGKILL');
-  }
+  await stopMachined();
   await bus?.stop();
   rmSync(work, { recursive: true, force: true });
 });
@@ -178,5 +188,27 @@ test('stock systemd-nspawn registered with mctl-machined is asked to stop the sa
   } finally {
     child.kill('SIGKILL');
     await exited;
+  }
+});
+
+test('after a restart of mctl-machined, TerminateMachine still halts the container cleanly (new service owner followed)', async () => {
+  const c = await boot('t-nsp-stop5');
+  try {
+    assert.equal(await waitRunning(await leaderOf('t-nsp-stop5')), 'running');
+    await stopMachined();
+    await startMachined();
+    // the restarted service reloads the machine from its state directory
+    for (let i = 0; ; i++) {
+      const r = await call(client, { ...manager, member: 'ListMachines' });
+      if ((r.body[0] as Array<[string]>).some((m) => m[0] === 't-nsp-stop5')) break;
+      if (i > 100) throw new Error('the machine was not reloaded');
+      await sleep(50);
+    }
+    await call(client, { ...manager, member: 'TerminateMachine', signature: 's', body: ['t-nsp-stop5'] });
+    assert.equal(await Promise.race([c.exited, timeout(30_000)]), 0, c.stderr());
+    assert.match(c.stderr(), /Container termination requested/);
+  } finally {
+    c.child.kill('SIGKILL');
+    await c.exited;
   }
 });

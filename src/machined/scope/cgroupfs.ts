@@ -104,6 +104,7 @@ export class CgroupfsBackend implements ScopeBackend {
     m.unit = unit;
     m.cgroup = cgroup;
     m.ownsScope = true;
+    await saveStopSettings(cgroup, this.controllers.get(m.name), this.killSignals.get(m.name));
   }
 
   async adopt(m: Machine): Promise<void> {
@@ -171,7 +172,8 @@ export class CgroupfsBackend implements ScopeBackend {
     // instead of being signalled, as systemd's scope stop does: the controller sends the kill
     // signal to the container's PID 1 alone, so a booted system shuts down cleanly.
     if (!(await this.requestStop(m))) {
-      const signal = this.killSignals.get(m.name) ?? osConstants.signals.SIGTERM;
+      const saved = m.cgroup ? Number(await loadStopSetting(m.cgroup, XATTR_KILL_SIGNAL)) : NaN;
+      const signal = this.killSignals.get(m.name) ?? (saved > 0 ? saved : osConstants.signals.SIGTERM);
       const pids = m.cgroup ? cgroupPids(m.cgroup) : [m.leader];
       signalAll(pids, signal);
       signalAll(pids, osConstants.signals.SIGCONT);
@@ -189,7 +191,7 @@ export class CgroupfsBackend implements ScopeBackend {
 
   /** Send org.freedesktop.systemd1.Scope.RequestStop to the scope's controller; false if there is none on the bus. */
   private async requestStop(m: Machine): Promise<boolean> {
-    const controller = this.controllers.get(m.name);
+    const controller = this.controllers.get(m.name) ?? (m.cgroup ? await loadStopSetting(m.cgroup, XATTR_CONTROLLER) : undefined);
     if (!controller || !this.bus || !m.unit) return false;
     try {
       const owner = await call(this.bus, {
@@ -262,6 +264,36 @@ export class CgroupfsBackend implements ScopeBackend {
     }
     this.watched.clear();
     this.leaders.close();
+  }
+}
+
+// The scope's Controller= and KillSignal= also live on its cgroup directory (trusted xattrs, as
+// systemd keeps trusted.invocation_id there), so a restarted service still stops the machine the
+// way its scope asked for; the supervisor follows machine1's new owner itself.
+const XATTR_CONTROLLER = 'trusted.mctl.controller';
+const XATTR_KILL_SIGNAL = 'trusted.mctl.kill-signal';
+
+async function saveStopSettings(cgroup: string, controller: string | undefined, killSignal: number | undefined): Promise<void> {
+  if (controller === undefined && killSignal === undefined) return;
+  const dir = trackingDirs(cgroup)[0];
+  if (!dir) return;
+  try {
+    const { lsetxattr } = await import('../../sys/libc.js');
+    if (controller !== undefined) lsetxattr(dir, XATTR_CONTROLLER, Buffer.from(controller));
+    if (killSignal !== undefined) lsetxattr(dir, XATTR_KILL_SIGNAL, Buffer.from(String(killSignal)));
+  } catch {
+    // no xattrs on this cgroupfs: the in-memory copy serves until a restart
+  }
+}
+
+async function loadStopSetting(cgroup: string, name: string): Promise<string | undefined> {
+  const dir = trackingDirs(cgroup)[0];
+  if (!dir) return undefined;
+  try {
+    const { lgetxattr } = await import('../../sys/libc.js');
+    return lgetxattr(dir, name)?.toString() || undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -10,7 +10,8 @@
  * supervisor takes it over with pidfd_getfd. Only whole messages are ever read from the
  * socket, so the hand-over never splits one. The supervisor reads messages, acts on
  * RequestStop from a trusted sender (the owners of org.freedesktop.systemd1 and
- * org.freedesktop.machine1 at registration; the daemon sets SENDER, it cannot be forged) and
+ * org.freedesktop.machine1, followed through NameOwnerChanged; the daemon sets SENDER, it
+ * cannot be forged) and
  * answers method calls with an error so no caller waits for a timeout. Wire format: the
  * D-Bus specification (header fields, alignment, both byte orders). */
 #define _GNU_SOURCE
@@ -325,13 +326,56 @@ fail:
 
 /* ---- supervisor: watch the connection ---- */
 
+static uint32_t out_serial = 2;
+
 static unsigned char inbuf[65536];
 static size_t inlen;
 static size_t skipping; /* bytes left of a message too big to keep */
-static uint32_t out_serial = 100;
+
+/* Whose RequestStop counts: the owners of org.freedesktop.systemd1 / machine1, followed through
+ * NameOwnerChanged (sent by the bus daemon itself), so a restarted machine service or a
+ * re-executed systemd is still obeyed. */
+static struct {
+	char name[256];
+	char owner[256];
+} trust[4];
+static size_t n_trust;
+
+int bus_watch(int fd, const char *const *names, const char *const *owners, size_t n)
+{
+	for (size_t i = 0; i < n && i < sizeof(trust) / sizeof(trust[0]); i++) {
+		snprintf(trust[i].name, sizeof(trust[i].name), "%s", names[i]);
+		snprintf(trust[i].owner, sizeof(trust[i].owner), "%s", owners[i]);
+		char rule[512];
+		snprintf(rule, sizeof(rule),
+			 "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='%s'", names[i]);
+		if (send_message(fd, MSG_METHOD_CALL, out_serial++, 0, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+				 "AddMatch", NULL, rule) < 0)
+			return -1;
+		n_trust = i + 1;
+	}
+	return 0;
+}
+
+/* The i-th string of a body of strings (signature "sss…"), or NULL. */
+static const char *body_string(const struct message *m, int index)
+{
+	size_t off = 0;
+	for (int i = 0;; i++) {
+		off = align_to(off, 4);
+		if (off + 4 > m->body_len)
+			return NULL;
+		uint32_t len = get_u32(m->body + off, m->big_endian);
+		if (off + 4 + len + 1 > m->body_len || m->body[off + 4 + len] != '\0')
+			return NULL;
+		if (i == index)
+			return (const char *)m->body + off + 4;
+		off += 4 + len + 1;
+	}
+}
 
 /* Returns 1 when a trusted RequestStop arrived, 0 otherwise, -1 when the connection is gone. */
-int bus_dispatch(int fd, const char *const *trusted, size_t n_trusted)
+int bus_dispatch(int fd)
 {
 	ssize_t r = recv(fd, inbuf + inlen, sizeof(inbuf) - inlen, MSG_DONTWAIT);
 	if (r < 0)
@@ -363,11 +407,18 @@ int bus_dispatch(int fd, const char *const *trusted, size_t n_trusted)
 		struct message m;
 		if (parse_message(inbuf + off, total, &m)) {
 			bool trusted_sender = false;
-			for (size_t i = 0; m.sender && i < n_trusted; i++)
-				trusted_sender |= strcmp(m.sender, trusted[i]) == 0;
+			for (size_t i = 0; m.sender && i < n_trust; i++)
+				trusted_sender |= trust[i].owner[0] && strcmp(m.sender, trust[i].owner) == 0;
 			if (m.type == MSG_SIGNAL && trusted_sender && m.iface && m.member &&
 			    !strcmp(m.iface, "org.freedesktop.systemd1.Scope") && !strcmp(m.member, "RequestStop"))
 				stop = 1;
+			else if (m.type == MSG_SIGNAL && m.sender && !strcmp(m.sender, "org.freedesktop.DBus") && m.member &&
+				 !strcmp(m.member, "NameOwnerChanged") && m.signature && !strcmp(m.signature, "sss")) {
+				const char *name = body_string(&m, 0), *owner = body_string(&m, 2);
+				for (size_t i = 0; name && owner && i < n_trust; i++)
+					if (!strcmp(name, trust[i].name))
+						snprintf(trust[i].owner, sizeof(trust[i].owner), "%s", owner);
+			}
 			else if (m.type == MSG_METHOD_CALL && !(m.flags & FLAG_NO_REPLY_EXPECTED) && m.sender)
 				(void)send_message(fd, MSG_ERR, out_serial++, m.serial, m.sender, NULL, NULL, NULL,
 						   "org.freedesktop.DBus.Error.UnknownMethod", "mctl-nspawn's supervisor implements no methods");

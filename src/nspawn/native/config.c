@@ -94,8 +94,12 @@ int config_parse(struct config *c, int argc, char **argv)
 		} else if (!strcmp(k, "bus")) c->bus_address = v;
 		else if (!strcmp(k, "bus-fd")) c->bus_fd = (int)parse_ulong(k, v, 10);
 		else if (!strcmp(k, "bus-trust")) {
-			if (c->n_bus_trusted >= sizeof(c->bus_trusted) / sizeof(c->bus_trusted[0])) die("too many trusted bus names");
-			c->bus_trusted[c->n_bus_trusted++] = v;
+			/* bus-trust WELL-KNOWN-NAME OWNER */
+			NEED(2);
+			if (c->n_bus_trusted >= sizeof(c->bus_trusted_name) / sizeof(c->bus_trusted_name[0])) die("internal: too many trusted bus names");
+			c->bus_trusted_name[c->n_bus_trusted] = v;
+			c->bus_trusted_owner[c->n_bus_trusted++] = argv[i + 2];
+			used = 3;
 		}
 		else if (!strcmp(k, "env")) {
 			if (c->n_env >= MAX_ITEMS - 1) die("too many environment variables");

@@ -73,7 +73,8 @@ struct config {
 	size_t n_host_files;
 	const char *bus_address; /* prepare: connect here to be the scope's Controller= ("" = no) */
 	int bus_fd;              /* supervise: the connection's fd in the container child (-1 = none) */
-	const char *bus_trusted[8]; /* unique names whose RequestStop is obeyed */
+	const char *bus_trusted_name[4];  /* well-known names whose owner's RequestStop is obeyed ... */
+	const char *bus_trusted_owner[4]; /* ... and their owners at registration (followed afterwards) */
 	size_t n_bus_trusted;
 	struct { int resource; unsigned long long soft, hard; } rlimits[16]; /* ~0ULL = infinity */
 	size_t n_rlimits;
@@ -104,7 +105,8 @@ int remove_tree(const char *path);
 
 /* bus.c: a scope controller's D-Bus connection */
 int bus_open(const char *address, char *unique, size_t unique_len);
-int bus_dispatch(int fd, const char *const *trusted, size_t n_trusted);
+int bus_watch(int fd, const char *const *names, const char *const *owners, size_t n);
+int bus_dispatch(int fd);
 
 /* child.c: runs in the cloned container child; never returns. */
 extern int child_report_fd; /* prepare mode: the launcher's report pipe, not the container's business */

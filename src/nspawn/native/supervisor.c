@@ -189,6 +189,10 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 		cgroup_remove(cg_unified, cg_systemd);
 		die("failed to set up the container's cgroup: %s", strerror(saved));
 	}
+	if (bus >= 0 && bus_watch(bus, c->bus_trusted_name, c->bus_trusted_owner, c->n_bus_trusted) < 0) {
+		close(bus);
+		bus = -1;
+	}
 	/* if the child already failed, the loop below collects its message and status */
 	char placed = MSG_CGROUP;
 	(void)send(sock, &placed, 1, MSG_NOSIGNAL);
@@ -266,7 +270,7 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 			}
 		}
 		if (i_bus >= 0 && p[i_bus].revents) {
-			int r = bus_dispatch(bus, c->bus_trusted, c->n_bus_trusted);
+			int r = bus_dispatch(bus);
 			if (r < 0) {
 				/* the bus went away: systemd forgets a vanished controller and kills by itself */
 				close(bus);
