@@ -264,8 +264,24 @@ export function preloadNetworkLibraries(): void {
   void preloadNftables();
 }
 
-/** Set up everything for one machine whose network namespace exists (leaderPid is inside it). */
-export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetConfig = netConfig()): Promise<MachineNetwork> {
+/** What the launcher asks for before the container exists (the PID comes with attach()). */
+export type MachineNetworkPlan = Omit<MachineNetworkRequest, 'leaderPid'>;
+
+/**
+ * The first half of setupMachineNetwork, done before the container exists: the machine lock,
+ * the address allocation, the state file, and the nft transaction, which then runs on a worker
+ * thread while the container is being created. attach() makes the links once the container's
+ * network namespace exists; abandon() undoes it all if the container never comes. alloc.lock
+ * is held from here until attach() returns or abandon(), so a zone's bridge and addresses cannot
+ * change underneath.
+ */
+export interface MachineNetworkReservation {
+  readonly state: MachineNetState;
+  attach(leaderPid: number): Promise<MachineNetwork>;
+  abandon(): Promise<void>;
+}
+
+export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetConfig = netConfig()): Promise<MachineNetworkReservation> {
   const { machine } = req;
   assertNoDuplicatePorts(req.ports);
   if (req.zone !== null && !isValidZoneName(req.zone)) throw new UserError(`invalid network zone name '${req.zone}'`);
@@ -283,126 +299,176 @@ export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetCo
   // A collector cleaning up after the previous run of this name holds the lock for a moment.
   const lock = await LockFile.acquireWithin(lockPath(cfg, machine), 'flock', 3000);
   if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
-  let state: MachineNetState | null = null;
-  // Set inside the allocation below; a holder, since TypeScript does not track assignments in closures.
   const pending: { rules: Promise<string> | null } = { rules: null };
   const created = new Set<string>();
-  try {
-    state = await withAllocLock(cfg, async () => {
-      const old = readMachineNetState(machine, cfg);
-      if (old) await undoState(cfg, old); // leftover of an earlier, killed launcher of the same name
-      await collectStale(cfg);
-
-      const main = mode === 'none' ? null : hostVethName(machine, mode === 'veth' ? 'veth' : 'bridge-member');
-      const zoneBridge = req.zone ? zoneBridgeName(req.zone) : null;
-      const bridge = zoneBridge?.name ?? req.bridge;
-      const others = listStates(cfg);
-      let slot: number | null = null;
-      let slots = 1;
-      let hostNo = 2;
-      if (autoAddr) {
-        const zoneMate = req.zone ? others.find((o) => o.zone === req.zone && o.slot !== null) : undefined;
-        if (zoneMate && zoneMate.slot !== null) {
-          slot = zoneMate.slot;
-          slots = zoneMate.slots;
-          const taken = new Set(others.filter((o) => o.zone === req.zone).map((o) => o.ipv4?.address));
-          const sub = slotSubnet(cfg, slot, slots);
-          while (taken.has(hostAddr(sub.net4, hostNo))) hostNo++;
-          if (hostNo >= 16 * slots - 1) throw new UserError(`network zone '${req.zone}' is full`);
-        } else {
-          slots = req.zone ? Math.min(ZONE_SLOTS, slotCount(cfg)) : 1;
-          const used = others.flatMap((o): Array<[number, number]> => (o.slot === null ? [] : [[o.slot, o.slots]]));
-          slot = pickSlot(cfg, req.zone ? `zone:${req.zone}` : machine, slots, used);
-        }
-      }
-      const sub = slot === null ? null : slotSubnet(cfg, slot, slots);
-      const s: MachineNetState = {
-        machine,
-        table: cfg.table,
-        mode,
-        hostIf: main?.name ?? null,
-        zone: req.zone,
-        bridge,
-        slot,
-        slots,
-        ipv4: sub ? { address: hostAddr(sub.net4, hostNo), gateway: hostAddr(sub.net4, 1), prefix: sub.prefix4 } : null,
-        ipv6: sub ? { address: formatIPv6(sub.net6 + BigInt(hostNo)), gateway: formatIPv6(sub.net6 + 1n), prefix: 64 } : null,
-        ports: req.ports,
-        extraHostIfs: req.vethExtra.map((x) => x.host),
-        leaderPid: req.leaderPid,
-      };
-      // Recorded before anything exists, so a crash half-way is still collectable.
-      writeState(cfg, s);
-
-      const gwIf = zoneBridge?.name ?? main?.name ?? null;
-      const auto = sub && s.ipv4 && s.ipv6 && gwIf ? { ipv4: s.ipv4, ipv6: s.ipv6, gwIf, sub } : null;
-      // The first member of a zone gives the bridge its gateway addresses.
-      const zoneHasAddresses = zoneBridge ? others.some((o) => o.zone === req.zone && o.slot !== null) : false;
-      let rules: MachineRule[] = [];
-      if (auto) {
-        const net4 = `${formatIPv4(auto.sub.net4)}/${auto.sub.prefix4}`;
-        const net6 = `${formatIPv6(auto.sub.net6)}/64`;
-        rules = [
-          { chain: 'postrouting', rule: `ip saddr ${net4} ip daddr != ${net4} masquerade` },
-          { chain: 'postrouting', rule: `ip6 saddr ${net6} ip6 daddr != ${net6} masquerade` },
-          ...portForwardRules(req.ports, { ipv4: auto.ipv4.address, ipv6: auto.ipv6.address, hostIf: auto.gwIf }),
-        ];
-        // Routing between the container links and the uplink (see docs/networking.md, "What mctl changes on the host").
-      }
-      // The rules match links by name: the transaction runs on a worker thread from now on,
-      // while this thread makes the links.
-      const script = machineRulesScript(cfg.table, machine, rules);
-      pending.rules = script ? nftRunAsync(script) : null;
-      pending.rules?.catch(() => undefined); // awaited by applyLinkPlan, or below on failure
-      if (auto) {
-        // Routing between the container links and the uplink (see docs/networking.md, "What mctl changes on the host").
-        writeSysctl('ipv4/ip_forward', '1');
-        writeSysctl('ipv6/conf/all/forwarding', '1');
-      }
-      await applyLinkPlan({
-        leaderPid: req.leaderPid,
-        main: main ? { ...main, mac: generateMac(machine, MAC_KEYS.host), peer: 'host0', peerMac: generateMac(machine, MAC_KEYS.container) } : null,
-        extras: req.vethExtra.map((x, idx) => ({ name: x.host, mac: generateMac(machine, MAC_KEYS.extraHost, idx), peer: x.container, peerMac: generateMac(machine, MAC_KEYS.extraContainer, idx) })),
-        createBridge: zoneBridge && !linkExists(zoneBridge.name) ? zoneBridge : null,
-        bridge,
-        gateway: auto && !zoneHasAddresses ? { ifname: auto.gwIf, ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
-        container: auto ? { ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
-        interfaces: req.interfaces,
-        macvlan: req.macvlan.map((i) => ({ parent: i, name: shortenIfname(`mv-${i}`).name, mac: generateMac(`${machine}${i}`, MAC_KEYS.macvlan) })),
-        ipvlan: req.ipvlan.map((i) => ({ parent: i, name: shortenIfname(`iv-${i}`).name })),
-        // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
-        sysctls: auto && req.ports.length > 0 ? [[`ipv4/conf/${auto.gwIf}/route_localnet`, '1']] : [],
-        nft: pending.rules,
-        watcher: req.collector ? collectorCommand(machine, cfg) : null,
-      }, created);
-      return s;
-    });
-  } catch (err) {
-    // Undo whatever got created (after the rule transaction settled); the state file says what to look for.
+  let alloc: LockFile | null = null;
+  let settled = false;
+  // Undo whatever got created (after the rule transaction settled); the state file says what to look for.
+  const fail = async (err: unknown): Promise<never> => {
+    settled = true;
     await pending.rules?.catch(() => undefined);
-    const recorded = readMachineNetState(machine, cfg);
-    // Only links this run made: a host-side name someone else's link already had stays theirs.
-    const s = recorded && { ...recorded, hostIf: recorded.hostIf && created.has(recorded.hostIf) ? recorded.hostIf : null, extraHostIfs: recorded.extraHostIfs.filter((l) => created.has(l)) };
-    if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
-    lock.release(true);
+    try {
+      const recorded = readMachineNetState(machine, cfg);
+      // Only links this run made: a host-side name someone else's link already had stays theirs.
+      const s = recorded && { ...recorded, hostIf: recorded.hostIf && created.has(recorded.hostIf) ? recorded.hostIf : null, extraHostIfs: recorded.extraHostIfs.filter((l) => created.has(l)) };
+      if (s && alloc) await undoState(cfg, s).catch(() => undefined);
+      else if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
+    } finally {
+      alloc?.release(false);
+      alloc = null;
+      lock.release(true);
+    }
     if (err instanceof SysError || err instanceof NftError) throw new UserError(`network setup for '${machine}' failed: ${err.message}`);
     throw err;
+  };
+
+  let s: MachineNetState;
+  let linkPlan: (leaderPid: number) => Promise<void>;
+  try {
+    // Async: the service may collect two machines at once, and must keep answering the bus meanwhile.
+    alloc = await LockFile.acquireAsync(join(cfg.stateDir, 'alloc.lock'));
+    const old = readMachineNetState(machine, cfg);
+    if (old) await undoState(cfg, old); // leftover of an earlier, killed launcher of the same name
+    await collectStale(cfg);
+
+    const main = mode === 'none' ? null : hostVethName(machine, mode === 'veth' ? 'veth' : 'bridge-member');
+    const zoneBridge = req.zone ? zoneBridgeName(req.zone) : null;
+    const bridge = zoneBridge?.name ?? req.bridge;
+    const others = listStates(cfg);
+    let slot: number | null = null;
+    let slots = 1;
+    let hostNo = 2;
+    if (autoAddr) {
+      const zoneMate = req.zone ? others.find((o) => o.zone === req.zone && o.slot !== null) : undefined;
+      if (zoneMate && zoneMate.slot !== null) {
+        slot = zoneMate.slot;
+        slots = zoneMate.slots;
+        const taken = new Set(others.filter((o) => o.zone === req.zone).map((o) => o.ipv4?.address));
+        const sub = slotSubnet(cfg, slot, slots);
+        while (taken.has(hostAddr(sub.net4, hostNo))) hostNo++;
+        if (hostNo >= 16 * slots - 1) throw new UserError(`network zone '${req.zone}' is full`);
+      } else {
+        slots = req.zone ? Math.min(ZONE_SLOTS, slotCount(cfg)) : 1;
+        const used = others.flatMap((o): Array<[number, number]> => (o.slot === null ? [] : [[o.slot, o.slots]]));
+        slot = pickSlot(cfg, req.zone ? `zone:${req.zone}` : machine, slots, used);
+      }
+    }
+    const sub = slot === null ? null : slotSubnet(cfg, slot, slots);
+    s = {
+      machine,
+      table: cfg.table,
+      mode,
+      hostIf: main?.name ?? null,
+      zone: req.zone,
+      bridge,
+      slot,
+      slots,
+      ipv4: sub ? { address: hostAddr(sub.net4, hostNo), gateway: hostAddr(sub.net4, 1), prefix: sub.prefix4 } : null,
+      ipv6: sub ? { address: formatIPv6(sub.net6 + BigInt(hostNo)), gateway: formatIPv6(sub.net6 + 1n), prefix: 64 } : null,
+      ports: req.ports,
+      extraHostIfs: req.vethExtra.map((x) => x.host),
+      leaderPid: 0, // known at attach()
+    };
+    // Recorded before anything exists, so a crash half-way is still collectable.
+    writeState(cfg, s);
+
+    const gwIf = zoneBridge?.name ?? main?.name ?? null;
+    const auto = sub && s.ipv4 && s.ipv6 && gwIf ? { ipv4: s.ipv4, ipv6: s.ipv6, gwIf, sub } : null;
+    // The first member of a zone gives the bridge its gateway addresses.
+    const zoneHasAddresses = zoneBridge ? others.some((o) => o.zone === req.zone && o.slot !== null) : false;
+    let rules: MachineRule[] = [];
+    if (auto) {
+      const net4 = `${formatIPv4(auto.sub.net4)}/${auto.sub.prefix4}`;
+      const net6 = `${formatIPv6(auto.sub.net6)}/64`;
+      rules = [
+        { chain: 'postrouting', rule: `ip saddr ${net4} ip daddr != ${net4} masquerade` },
+        { chain: 'postrouting', rule: `ip6 saddr ${net6} ip6 daddr != ${net6} masquerade` },
+        ...portForwardRules(req.ports, { ipv4: auto.ipv4.address, ipv6: auto.ipv6.address, hostIf: auto.gwIf }),
+      ];
+    }
+    // The rules match links by name, which need not exist yet: the transaction runs on a worker
+    // thread from now on, while the container is created and its links are made.
+    const script = machineRulesScript(cfg.table, machine, rules);
+    if (script) {
+      await preloadNftables(); // (normally long done: started when the launcher chose networking)
+      pending.rules = nftRunAsync(script);
+      pending.rules.catch(() => undefined); // awaited by attach(), or by fail()
+    }
+    if (auto) {
+      // Routing between the container links and the uplink (see docs/networking.md, "What mctl changes on the host").
+      writeSysctl('ipv4/ip_forward', '1');
+      writeSysctl('ipv6/conf/all/forwarding', '1');
+    }
+    linkPlan = async (leaderPid: number) => {
+      await applyLinkPlan(
+        {
+          leaderPid,
+          main: main ? { ...main, mac: generateMac(machine, MAC_KEYS.host), peer: 'host0', peerMac: generateMac(machine, MAC_KEYS.container) } : null,
+          extras: req.vethExtra.map((x, idx) => ({ name: x.host, mac: generateMac(machine, MAC_KEYS.extraHost, idx), peer: x.container, peerMac: generateMac(machine, MAC_KEYS.extraContainer, idx) })),
+          createBridge: zoneBridge && !linkExists(zoneBridge.name) ? zoneBridge : null,
+          bridge,
+          gateway: auto && !zoneHasAddresses ? { ifname: auto.gwIf, ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
+          container: auto ? { ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
+          interfaces: req.interfaces,
+          macvlan: req.macvlan.map((i) => ({ parent: i, name: shortenIfname(`mv-${i}`).name, mac: generateMac(`${machine}${i}`, MAC_KEYS.macvlan) })),
+          ipvlan: req.ipvlan.map((i) => ({ parent: i, name: shortenIfname(`iv-${i}`).name })),
+          // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
+          sysctls: auto && req.ports.length > 0 ? [[`ipv4/conf/${auto.gwIf}/route_localnet`, '1']] : [],
+          nft: pending.rules,
+          watcher: req.collector ? collectorCommand(machine, cfg) : null,
+        },
+        created,
+      );
+    };
+  } catch (err) {
+    return fail(err);
   }
-  const done = state;
+  const state = s;
   return {
-    state: done,
-    lock,
-    teardown: async () => {
+    state,
+    attach: async (leaderPid: number): Promise<MachineNetwork> => {
+      if (settled) throw new Error(`the network reservation of ${machine} is already used`);
       try {
-        await withAllocLock(cfg, async () => {
-          const s = readMachineNetState(machine, cfg) ?? done;
-          await undoState(cfg, s);
-        });
+        state.leaderPid = leaderPid;
+        writeState(cfg, state);
+        await linkPlan(leaderPid);
+      } catch (err) {
+        return fail(err);
+      }
+      settled = true;
+      alloc?.release(false);
+      alloc = null;
+      return {
+        state,
+        lock,
+        teardown: async () => {
+          try {
+            await withAllocLock(cfg, async () => undoState(cfg, readMachineNetState(machine, cfg) ?? state));
+          } finally {
+            lock.release(true);
+          }
+        },
+      };
+    },
+    abandon: async () => {
+      if (settled) return;
+      settled = true;
+      await pending.rules?.catch(() => undefined);
+      try {
+        await undoState(cfg, readMachineNetState(machine, cfg) ?? state);
       } finally {
+        alloc?.release(false);
+        alloc = null;
         lock.release(true);
       }
     },
   };
+}
+
+/** Set up everything for one machine whose network namespace exists (leaderPid is inside it). */
+export async function setupMachineNetwork(req: MachineNetworkRequest, cfg: NetConfig = netConfig()): Promise<MachineNetwork> {
+  const reservation = await reserveMachineNetwork(req, cfg);
+  return reservation.attach(req.leaderPid);
 }
 
 /** Addresses mctl gave the machine (for GetMachineAddresses when the namespace cannot be read). */

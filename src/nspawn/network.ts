@@ -8,7 +8,7 @@ import { UserError } from '../common/errors.js';
 import { isValidIfname } from '../net/ip.js';
 import { isValidZoneName } from '../net/names.js';
 import { parsePortForward, assertNoDuplicatePorts, type PortForward } from '../net/ports.js';
-import type { VethExtra, MachineLinks, MachineNetwork } from '../net/machine.js';
+import type { VethExtra, MachineLinks, MachineNetwork, MachineNetworkReservation } from '../net/machine.js';
 import { parsePrivateUsers, parseOwnership, type PrivateUsers, type Ownership } from './userns.js';
 import type { NetworkSettings as FileNetworkKeys } from './settings.js';
 import type { UserNamespaceSpec } from './spec.js';
@@ -178,6 +178,8 @@ export function needsHostSetup(p: NetworkPlan): boolean {
 }
 
 export interface NetworkRuntime {
+  /** Before the container exists: allocation, state file, and the nft rules (applied while it is being created). */
+  reserve(): Promise<void>;
   /** For LaunchHooks.afterNamespaces. */
   afterNamespaces(leaderPid: number): Promise<void>;
   /** For LaunchHooks.onAbort and for the normal stop: undo everything (idempotent). */
@@ -189,22 +191,31 @@ export interface NetworkRuntime {
 }
 
 export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRuntime {
+  let reservation: MachineNetworkReservation | null = null;
   let net: MachineNetwork | null = null;
-  // Loaded now, used once the namespaces exist: libnftables' dlopen runs on a worker thread
-  // while the container is being created, out of the start's critical path.
+  // Loaded as soon as the launcher knows it needs it: libnftables' dlopen then runs on a worker
+  // thread while the rest of the start is prepared.
   const machinery = needsHostSetup(plan) ? import('../net/machine.js').then((m) => (m.preloadNetworkLibraries(), m)) : null;
-  machinery?.catch(() => undefined); // reported by afterNamespaces, if it gets that far
+  machinery?.catch(() => undefined); // reported by reserve()
   return {
-    async afterNamespaces(leaderPid: number) {
+    async reserve() {
       if (!machinery) return;
-      const { setupMachineNetwork } = await machinery;
+      const { reserveMachineNetwork } = await machinery;
       const { privateNetwork: _private, namespacePath: _path, ...links } = plan;
-      net = await setupMachineNetwork({ ...links, machine, leaderPid, collector: true });
+      reservation = await reserveMachineNetwork({ ...links, machine, collector: true });
+    },
+    async afterNamespaces(leaderPid: number) {
+      const r = reservation;
+      reservation = null; // a failed attach undoes itself
+      if (r) net = await r.attach(leaderPid);
     },
     async teardown() {
       const n = net;
+      const r = reservation;
       net = null;
+      reservation = null;
       if (n) await n.teardown();
+      else if (r) await r.abandon();
     },
     lockFd: () => (net ? net.lock.fd : null),
     network: () => net,
@@ -254,6 +265,8 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
     const { joinNetworkNamespace } = await import('../net/netns.js');
     joinNetworkNamespace(plan.namespacePath);
   }
+  // Created first: it starts loading the network machinery while the user namespace is prepared.
+  const runtime = needsHostSetup(plan) ? networkRuntime(input.machineName, plan) : null;
   const privateUsers = input.userns?.privateUsers ?? { mode: 'no' as const };
   const undo: Array<() => Promise<void> | void> = [];
   const cleanup = async (): Promise<void> => {
@@ -288,9 +301,10 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
         if (users.afterNamespaces) setup.afterNamespaces.push(users.afterNamespaces);
       }
     }
-    if (needsHostSetup(plan)) {
-      const runtime = networkRuntime(input.machineName, plan);
+    if (runtime) {
       undo.push(() => runtime.teardown());
+      // Addresses and rules now, so the nft transaction runs while the container is created.
+      await runtime.reserve();
       setup.afterNamespaces.push(async (pid) => {
         await runtime.afterNamespaces(pid);
         const net = runtime.network();

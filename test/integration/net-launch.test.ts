@@ -173,6 +173,8 @@ test('bad input: one line on stderr, exit 1, nothing left behind', async () => {
     [['--network-namespace-path=/etc/hostname'], /--network-namespace-path: \/etc\/hostname does not refer to a network namespace/],
     [[`--network-namespace-path=/run/netns/none${id}`], /--network-namespace-path: cannot open .*ENOENT/],
     [['--network-namespace-path=/proc/self/ns/net', '--network-veth'], /may not be combined/],
+    // Fails after the network was reserved (addresses, state, nft rules) but before the container exists.
+    [['--network-veth', '-p', `${21009 + r * 10}:80`, `--user=nosuch${id}`], /user 'nosuch.*' does not exist in the container/],
   ];
   for (const [args, msg] of cases) {
     const res = run(['env', `MCTL_NET_STATE_DIR=${stateDir}`, `MCTL_NET_TABLE=${cfg.table}`, nspawn, '-q', '--register=no', '--read-only', '--console=pipe', '-D', debianTree(), '-M', name, ...args, '/bin/true']);
