@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readdirSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parsePrivateUsers, parseOwnership, fixedRange, UID_BASE_MIN, UID_BASE_MAX, UID_RANGE } from '../../src/nspawn/userns.js';
 import { siphash24, hexKey } from '../../src/net/siphash.js';
@@ -94,6 +94,30 @@ test('pick: the first guess is siphash24(name) as systemd computes it; a held ra
     } finally {
       held.release();
     }
+  } finally {
+    rmSync(locks, { recursive: true, force: true });
+  }
+});
+
+test('a start that fails after the pick (registration without a bus, on the hook path) releases the range and leaves no mounts', () => {
+  const locks = mkdtempSync('/tmp/mctl-userns-locks-');
+  try {
+    // Only what could be ours: others on this machine may mount and unmount meanwhile.
+    const mounts = (): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes('mctl-idmap') || l.includes(debianTree()));
+    const before = mounts();
+    const r = spawnSync(nspawn, [...common, '--register=yes', '-M', 't-userns-fail', '-D', debianTree(), '/bin/true'], {
+      env: { ...process.env, MCTL_UID_LOCK_DIR: locks, DBUS_SYSTEM_BUS_ADDRESS: `unix:path=${locks}/no-bus` },
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    const picked = readdirSync(locks).filter((f) => /^\d+$/.test(f));
+    assert.equal(picked.length, 1, 'the helper picked a range before the hooks ran');
+    const l = LockFile.tryAcquire(`${locks}/${picked[0]}`);
+    assert.ok(l, 'and it is free again');
+    l.release();
+    assert.deepEqual(mounts(), before);
+    assert.equal(spawnSync('pgrep', ['-f', 't-userns-fail']).status, 1, 'no process left');
   } finally {
     rmSync(locks, { recursive: true, force: true });
   }
