@@ -4,11 +4,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync, readFileSync, readdirSync, readlinkSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, readFileSync, readlinkSync, existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from '../helpers/images.js';
 import { must, run } from '../helpers/netns.js';
+import { LockFile } from '../../src/net/lockfile.js';
 
 const nspawn = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
 const id = randomBytes(2).toString('hex');
@@ -146,13 +147,13 @@ test('three -U containers at once get disjoint ranges; locks are gone afterwards
   procs.push(...ps);
   const shifts = ps.map((p) => Number(readFileSync(`/proc/${leaderOf(p.pid!, 'sleep')}/uid_map`, 'utf8').trim().split(/\s+/)[1]));
   assert.equal(new Set(shifts).size, 3, shifts.join(' '));
-  const locks = readdirSync('/run/systemd/nspawn-uid');
-  for (const s of shifts) assert.ok(locks.includes(String(s)), `lock for ${s} held`);
+  // OFD locks, the kind systemd takes (flock(1) would not see them: BSD locks are separate).
+  for (const s of shifts) assert.equal(LockFile.tryAcquire(`/run/systemd/nspawn-uid/${s}`), null, `lock for ${s} held`);
   await Promise.all(ps.map(exited));
-  const after = readdirSync('/run/systemd/nspawn-uid');
   for (const s of shifts) {
-    const r = run(['flock', '-n', `/run/systemd/nspawn-uid/${s}`, 'true']);
-    assert.ok(!after.includes(String(s)) || r.status === 0, `lock for ${s} released`);
+    const l = LockFile.tryAcquire(`/run/systemd/nspawn-uid/${s}`);
+    assert.ok(l, `lock for ${s} released`);
+    l.release();
   }
 });
 
