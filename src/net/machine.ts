@@ -4,8 +4,10 @@
 //
 // Files under cfg.stateDir:
 //   alloc.lock            serialises allocation, zone bridge create/remove and nft table changes
+//                         (a launcher holds it from its reservation until the links exist)
 //   machines/NAME.json    what was set up for NAME (written BEFORE anything is created)
-//   machines/NAME.lock    held (OFD lock) by the launcher for the container's whole life
+//   machines/NAME.lock    held (flock, so flock(1) can wait for it) by the launcher, then by
+//                         its supervisor, for the container's whole life
 // A state file whose lock is free belongs to a dead launcher: collect() undoes it, and every
 // allocation collects such leftovers first, so a SIGKILLed launcher never leaks addresses.
 import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
