@@ -1,13 +1,14 @@
 // UID range picking, done by the native helper next to the clone: nspawn's algorithm with lock
 // files, under real concurrency (10 launchers with one name starting at the same moment), the
-// hashed first guess bit for bit as systemd computes it, a held range skipped, and
-// --private-users parsing. Runs the built bin/mctl-nspawn on the read-only Debian tree.
+// hashed first guess bit for bit as systemd computes it, a held range skipped, a failed start
+// releasing its range. Runs the built bin/mctl-nspawn on the read-only Debian tree. (Option
+// parsing: test/unit/userns-options.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, readdirSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parsePrivateUsers, parseOwnership, fixedRange, UID_BASE_MIN, UID_BASE_MAX, UID_RANGE } from '../../src/nspawn/userns.js';
+import { UID_BASE_MIN, UID_BASE_MAX, UID_RANGE } from '../../src/nspawn/userns.js';
 import { siphash24, hexKey } from '../../src/net/siphash.js';
 import { LockFile } from '../../src/net/lockfile.js';
 import { debianTree } from '../helpers/images.js';
@@ -121,18 +122,4 @@ test('a start that fails after the pick (registration without a bus, on the hook
   } finally {
     rmSync(locks, { recursive: true, force: true });
   }
-});
-
-test('--private-users and --private-users-ownership parsing', () => {
-  assert.deepEqual(parsePrivateUsers('no'), { mode: 'no' });
-  assert.deepEqual(parsePrivateUsers('yes'), { mode: 'yes' });
-  assert.deepEqual(parsePrivateUsers('pick'), { mode: 'pick' });
-  assert.deepEqual(parsePrivateUsers('identity'), { mode: 'identity' });
-  assert.deepEqual(parsePrivateUsers('1000000'), { mode: 'fixed', shift: 1000000, range: 65536 });
-  assert.deepEqual(parsePrivateUsers('1000000:1000'), { mode: 'fixed', shift: 1000000, range: 1000 });
-  for (const bad of ['', 'maybe', '-5', '1:2:3', '10:0', '4294967290:100', 'x:5']) assert.throws(() => parsePrivateUsers(bad), /invalid --private-users/, bad);
-  assert.equal(parseOwnership('map'), 'map');
-  assert.throws(() => parseOwnership('idmap'), /invalid --private-users-ownership 'idmap'/);
-  assert.deepEqual(fixedRange({ mode: 'identity' }, '/'), { shift: 0, range: 65536 });
-  assert.equal(fixedRange({ mode: 'pick' }, '/'), null);
 });
