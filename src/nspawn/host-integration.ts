@@ -189,7 +189,11 @@ function hostMachineId(ctx: IntegrationContext): string | null {
  * are errors for host/guest; try-* and auto skip the link instead (with a warning where nspawn
  * warns).
  */
-export function setupLinkJournal(mode: LinkJournalMode, machineId: string, ctx: IntegrationContext & { ephemeral?: boolean }): JournalLink {
+export function setupLinkJournal(
+  mode: LinkJournalMode,
+  machineId: string,
+  ctx: IntegrationContext & { ephemeral?: boolean; transientRoot?: boolean },
+): JournalLink {
   const none: JournalLink = { mounts: [], undo: null, warning: null };
   if (mode === 'no' || ctx.ephemeral) return none;
   const tryOnly = mode === 'auto' || mode.startsWith('try-');
@@ -217,6 +221,9 @@ export function setupLinkJournal(mode: LinkJournalMode, machineId: string, ctx: 
   const q = join(treeJournal, machineId);
   if (isMountPoint(p)) return fail(`${p}: already a mount point, refusing to use for journal`);
   if (isMountPoint(q)) return fail(`${q}: already a mount point, refusing to use for journal`);
+  // A disk image's root is a mount point that exists only while it runs: a host symlink into it
+  // would dangle (nspawn leaves exactly that behind); --link-journal=host works for images.
+  if (guest && ctx.transientRoot) return fail('a disk image\'s journal cannot be linked from the host (use --link-journal=host)');
   const makeQ = (): void => {
     if (!existsSync(q) && ctx.treeWritable) mkdirSync(q, { mode: 0o755 });
   };

@@ -125,7 +125,7 @@ runMain('mctl-nspawn', async () => {
     // With mctl's own addressing + NAT the container reaches what the host reaches: resolv.conf as on the host.
     const ctx = { root, treeWritable: plan.treeWritable, privateNetwork: privateNetwork && !(netPlan?.veth && netPlan.auto && !netPlan.bridge) };
     // Host integration first, so the user's own mounts can still override these paths.
-    const journal = setupLinkJournal(o.linkJournal ?? 'auto', uuid, { ...ctx, ephemeral: o.ephemeral === true });
+    const journal = setupLinkJournal(o.linkJournal ?? 'auto', uuid, { ...ctx, ephemeral: o.ephemeral === true, transientRoot: image !== undefined });
     if (journal.undo) plan.cleanup.push(journal.undo);
     if (journal.warning) say(cl.quiet, `mctl-nspawn: ${journal.warning}`);
     const integration = [...setupResolvConf(o.resolvConf ?? 'auto', ctx), ...setupTimezone(o.timezone ?? 'auto', ctx), ...journal.mounts];

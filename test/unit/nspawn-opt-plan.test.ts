@@ -184,6 +184,11 @@ test('link-journal: the modes of nspawn 252 (host dir bound, guest symlink, auto
   writeFileSync(join(p, 'system.journal'), '');
   assert.throws(() => setupLinkJournal('guest', id, ctx), /--link-journal=guest: cannot remove .*: ENOTEMPTY/);
   assert.deepEqual(setupLinkJournal('try-guest', id, ctx).mounts, [], 'try-guest skips instead');
+  // a disk image's root is transient: no guest symlink into it
+  const img = '22222222222222222222222222222222';
+  assert.throws(() => setupLinkJournal('guest', img, { ...ctx, transientRoot: true }), /disk image's journal cannot be linked/);
+  assert.deepEqual(setupLinkJournal('try-guest', img, { ...ctx, transientRoot: true }).mounts, []);
+  assert.ok(!lstatSync(journal).isSymbolicLink() && !existsSync(join(journal, img)));
   // the host's own id, and a host without one
   assert.throws(() => setupLinkJournal('host', 'ffffffffffffffffffffffffffffffff', ctx), /host and machine ids are equal/);
   assert.match(setupLinkJournal('auto', 'ffffffffffffffffffffffffffffffff', ctx).warning ?? '', /refusing to link journals/);
