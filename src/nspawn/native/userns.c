@@ -10,10 +10,11 @@
  * traverse the tree's parents (/var/lib/machines is 0700). So the tree is cloned with
  * open_tree(OPEN_TREE_CLONE|AT_RECURSIVE) (a detached copy, never in the host's mount table),
  * idmapped with the container's own user namespace (map ownership) or left as is (bind), and
- * attached inside the container's mount namespace only, on an empty traversable directory
- * (MOUNTPOINT, /run/mctl-idmap); the child then takes that path as its root. The same order of
- * operations as systemd-nspawn 252 (clone tree, set IDMAP, move into place), which does it in
- * its outer child; we enter the container's mount namespace with setns() for the move instead.
+ * attached inside the container's mount namespace only: a fresh tmpfs goes on MOUNTPOINT (an
+ * empty traversable directory the host keeps, /run/mctl-idmap), the tree on MOUNTPOINT/root,
+ * which the child takes as its root, and clones of the bind mount sources on MOUNTPOINT/bind/N.
+ * The same order of operations as systemd-nspawn 252 (clone tree, set IDMAP, move into place),
+ * which does it in its outer child; we enter the container's mount namespace with setns().
  *
  * Config keys (see config.c): "userns-pick LOCKDIR" (pick the range; implies a user namespace of
  * 65536 ids), "userns-root idmap|bind MOUNTPOINT". */
