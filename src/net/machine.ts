@@ -17,7 +17,7 @@ import { UserError } from '../common/errors.js';
 import { siphash24, hexKey } from './siphash.js';
 import { generateMac, hostVethName, zoneBridgeName, MAC_KEYS, isValidZoneName, shortenIfname } from './names.js';
 import { bridgeMembers, isValidIfname } from './ip.js';
-import { machineRulesScript, deleteMachineRules, deleteTableIfEmpty, type MachineRule } from './nft.js';
+import { machineRulesScript, removeMachineRules, type MachineRule } from './nft.js';
 import { applyLinkPlan, startWatcher } from './links.js';
 import { LockFile, isLockFree } from './lockfile.js';
 import { netConfig, slotCount, slotSubnet, formatIPv4, formatIPv6, type NetConfig } from './config.js';
@@ -146,7 +146,9 @@ async function undoState(cfg: NetConfig, s: MachineNetState): Promise<void> {
       errors.push(`${what}: ${err instanceof Error ? err.message : String(err)}`);
     }
   };
-  await attempt('nft', () => deleteMachineRules(s.table, s.machine));
+  // With no other machine on the table, the table goes in the same transaction as the rules.
+  const last = !listStates(cfg).some((o) => o.table === s.table && o.machine !== s.machine);
+  await attempt('nft', () => removeMachineRules(s.table, s.machine, last));
   for (const link of [s.hostIf, ...s.extraHostIfs]) if (link) await attempt(link, () => deleteLinkIfExists(link));
   if (s.zone && s.bridge) {
     const bridge = s.bridge;
@@ -160,8 +162,6 @@ async function undoState(cfg: NetConfig, s: MachineNetState): Promise<void> {
   } catch {
     /* gone */
   }
-  const others = listStates(cfg).filter((o) => o.table === s.table);
-  if (others.length === 0) await attempt('nft table', () => deleteTableIfEmpty(s.table));
   if (errors.length) throw new Error(`cleaning up the network of ${s.machine}: ${errors.join('; ')}`);
 }
 

@@ -47,12 +47,6 @@ export function machineRulesScript(table: string, machine: string, rules: readon
   return lines.join('\n') + '\n';
 }
 
-/** Add a machine's rules (creating the table and chains if needed) in one transaction. */
-export async function addMachineRules(table: string, machine: string, rules: readonly MachineRule[]): Promise<void> {
-  const script = machineRulesScript(table, machine, rules);
-  if (script) await nftScript(script);
-}
-
 interface NftJsonRule {
   rule?: { family: string; table: string; chain: string; handle: number; comment?: string };
 }
@@ -76,21 +70,21 @@ export async function listTableRules(table: string): Promise<RuleRef[] | null> {
   return items.flatMap((i) => (i.rule ? [{ chain: i.rule.chain, handle: i.rule.handle, comment: i.rule.comment }] : []));
 }
 
-/** Remove every rule tagged with the machine, atomically. Returns how many were removed. */
-export async function deleteMachineRules(table: string, machine: string): Promise<number> {
+/**
+ * Remove a machine's rules and, when `dropTable` and nothing but its rules is in the table, the
+ * whole table, so `nft list ruleset` shows nothing of ours: one listing and one transaction.
+ * Returns what was done.
+ */
+export async function removeMachineRules(table: string, machine: string, dropTable: boolean): Promise<'none' | 'rules' | 'table'> {
   const rules = await listTableRules(table);
-  if (!rules) return 0;
+  if (!rules) return 'none';
   const tag = machineTag(machine);
   const mine = rules.filter((r) => r.comment === tag);
-  if (mine.length === 0) return 0;
+  if (dropTable && mine.length === rules.length) {
+    await nftScript(`delete table inet ${table}\n`);
+    return 'table';
+  }
+  if (mine.length === 0) return 'none';
   await nftScript(mine.map((r) => `delete rule inet ${table} ${r.chain} handle ${r.handle}`).join('\n') + '\n');
-  return mine.length;
-}
-
-/** Drop our table once no rule is left in it, so `nft list ruleset` shows nothing of ours. */
-export async function deleteTableIfEmpty(table: string): Promise<boolean> {
-  const rules = await listTableRules(table);
-  if (rules === null || rules.length > 0) return false;
-  await nftScript(`delete table inet ${table}\n`);
-  return true;
+  return 'rules';
 }
