@@ -71,20 +71,20 @@ const lazyStringWidth = {
       if (args.pluginData?.real) return undefined;
       const real = await b.resolve(args.path, { resolveDir: args.resolveDir, importer: args.importer, kind: args.kind, pluginData: { real: true } });
       if (real.errors.length > 0) return { errors: real.errors };
-      return { path: real.path, namespace: 'lazy-string-width' };
+      return { path: toPosix(relative(root, real.path)), namespace: 'lazy-string-width', pluginData: { real: real.path } };
     });
     // require() inside the function: esbuild bundles the real module as an init function.
-    b.onLoad({ filter: /.*/, namespace: 'lazy-string-width' }, (args) => ({
+    b.onLoad({ filter: /.*/, namespace: 'lazy-string-width' }, ({ pluginData }) => ({
       contents: [
         'let real;',
         'export default function stringWidth(input, options) {',
         "  if (typeof input === 'string' && /^[\\u0020-\\u007E]*$/.test(input)) return input.length;",
-        `  real ??= require(${JSON.stringify(args.path)}).default;`,
+        `  real ??= require(${JSON.stringify(pluginData.real)}).default;`,
         '  return real(input, options);',
         '}',
         '',
       ].join('\n'),
-      resolveDir: dirname(args.path),
+      resolveDir: dirname(pluginData.real),
       loader: 'js',
     }));
   },
@@ -104,6 +104,43 @@ const lazyCryptoForDbus = {
       contents: "let real;\nmodule.exports = new Proxy({}, { get: (_, key) => (real ??= require('node:crypto'))[key] });\n",
       loader: 'js',
     }));
+  },
+};
+
+/**
+ * usocket (dbus-next's transport with fd passing) is bundled like any package, except for its
+ * native addon. It finds the addon through `bindings`, which reads the caller's file name from
+ * a stack trace (inside a bundle: the bundle) and probes a dozen paths; the stand-in loads
+ * build/Release/NAME.node of the usocket package directly, and asks `bindings` with the package
+ * root spelled out when that file is not there. Before, usocket, bindings and debug were loaded
+ * from node_modules by Node's loader and compiled on every bus-connected start (~3-6 ms).
+ */
+const usocketAddon = {
+  name: 'usocket-addon',
+  setup(b) {
+    b.onResolve({ filter: /^bindings$/ }, (args) => {
+      if (!/[\\/]usocket[\\/]index\.js$/.test(args.importer)) return undefined;
+      return { path: `${toPosix(relative(root, dirname(args.importer)))}/bindings`, namespace: 'usocket-bindings', pluginData: { usocketDir: dirname(args.importer) } };
+    });
+    b.onLoad({ filter: /.*/, namespace: 'usocket-bindings' }, async (args) => {
+      const { usocketDir } = args.pluginData;
+      const packageDir = toPosix(relative(root, usocketDir));
+      const real = await b.resolve('bindings', { resolveDir: usocketDir, kind: 'require-call' });
+      if (real.errors.length > 0) return { errors: real.errors };
+      const bindingsFile = toPosix(relative(root, real.path));
+      return {
+        contents: [
+          "const { existsSync } = require('node:fs');",
+          'module.exports = function bindings(name) {',
+          `  const built = __mctlModulePath(${JSON.stringify(`${packageDir}/build/Release/`)} + name + '.node');`,
+          '  if (existsSync(built)) return require(built);',
+          `  return require(__mctlModulePath(${JSON.stringify(bindingsFile)}))({ bindings: name, module_root: __mctlModulePath(${JSON.stringify(packageDir)}) });`,
+          '};',
+          '',
+        ].join('\n'),
+        loader: 'js',
+      };
+    });
   },
 };
 
@@ -143,9 +180,10 @@ export async function bundlePrograms() {
     // import() of builtins becomes require(): vm.Script code has no ES module loader to call,
     // and loading that loader would cost what the bundle saves.
     supported: { 'dynamic-import': false },
-    // Native addons load from node_modules as usual; x11 is an optional dbus-next transport.
-    external: ['koffi', 'usocket', 'x11'],
-    plugins: [keepModuleSemantics, lazyStringWidth, lazyCryptoForDbus],
+    // koffi loads its native addon itself (from node_modules as usual; usocket's: see above);
+    // x11 is an optional dbus-next transport that is not installed.
+    external: ['koffi', 'x11'],
+    plugins: [keepModuleSemantics, lazyStringWidth, lazyCryptoForDbus, usocketAddon],
     banner: { js: BANNER },
     footer: { js: '})' },
     // A leftover import.meta would silently become {} in CommonJS output: fail instead.
