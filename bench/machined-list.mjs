@@ -10,6 +10,7 @@
 // unit. Without the box (--host), only ours is measured, on a private bus (cgroupfs backend).
 //
 //   node --import tsx bench/machined-list.mjs            # box: ours vs stock, prints ratios
+//   MCTL_MACHINED_NODE_FLAGS= node --import tsx bench/machined-list.mjs   # ours without its V8 flags
 //   node --import tsx bench/machined-list.mjs --host     # ours only, private bus
 //   node bench/machined-list.mjs --inner [--machines N]  # one measurement on the current system bus
 import { spawn, spawnSync } from 'node:child_process';
@@ -184,7 +185,10 @@ async function inBox() {
     const reference = await measure('systemd-machined 252 (box)');
     await box.runOk(['systemctl', 'stop', 'systemd-machined.service']);
     await box.runOk(['systemctl', 'mask', '--runtime', 'systemd-machined.service']);
-    await box.runOk(['systemd-run', '--unit=mctl-machined-bench', '-p', 'Type=dbus', '-p', 'BusName=org.freedesktop.machine1', `${checkout}/bin/mctl-machined`]);
+    // MCTL_MACHINED_NODE_FLAGS in our environment reaches the service (A/B of its V8 flags).
+    const flags = process.env.MCTL_MACHINED_NODE_FLAGS;
+    const env = flags === undefined ? [] : ['-p', `Environment=MCTL_MACHINED_NODE_FLAGS=${flags}`];
+    await box.runOk(['systemd-run', '--unit=mctl-machined-bench', '-p', 'Type=dbus', '-p', 'BusName=org.freedesktop.machine1', ...env, `${checkout}/bin/mctl-machined`]);
     const ours = await measure('mctl-machined (box, systemd1 backend)');
     const rows = [
       { name: 'machined Create+Terminate round trips', unit: 'calls/s', ours: ours.pairsPerSecond, reference: reference.pairsPerSecond, lowerIsBetter: false },

@@ -7,7 +7,7 @@
 import { closeSync, readFileSync } from 'node:fs';
 import dbus, { type Message, type MessageBus } from 'dbus-next';
 import { BusError, ERR, toBusError } from './errors.js';
-import { marshalMethodReturn } from './fast-marshal.js';
+import { marshalMethodReturn, methodReturnMessage } from './fast-marshal.js';
 
 export interface Arg {
   name: string;
@@ -50,6 +50,16 @@ export interface CallContext {
 export interface HandlerResult {
   body: unknown[];
   closeFds?: number[];
+  /** `body` already marshalled for the method's out signature (a reply served many times). */
+  marshalledBody?: Buffer | undefined;
+}
+
+/** What dispatch hands to reply(). */
+interface Reply {
+  signature: string;
+  body: unknown[];
+  closeFds?: number[];
+  marshalledBody?: Buffer;
 }
 
 export type MethodHandler<T> = (target: T, args: unknown[], ctx: CallContext) => Promise<HandlerResult | unknown[]> | HandlerResult | unknown[];
@@ -227,14 +237,19 @@ export class ObjectDispatcher {
     return true;
   }
 
-  private reply(msg: Message, result: { signature: string; body: unknown[]; closeFds?: number[] } | undefined): void {
+  private reply(msg: Message, result: Reply | undefined): void {
     if (!result || msg.flags & dbus.MessageFlag.NO_REPLY_EXPECTED) {
       for (const fd of result?.closeFds ?? []) closeQuietly(fd);
       return;
     }
     try {
       const stream = this.stream();
-      const raw = !result.closeFds?.length && stream?.write ? marshalMethodReturn(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.body) : undefined;
+      const fast = !result.closeFds?.length && stream?.write;
+      const raw = !fast
+        ? undefined
+        : result.marshalledBody
+          ? methodReturnMessage(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.marshalledBody)
+          : marshalMethodReturn(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.body);
       if (raw && stream?.write) stream.write(raw);
       else this.bus.send(dbus.Message.newMethodReturn(msg, result.signature, result.body));
     } catch (err) {
@@ -265,7 +280,7 @@ export class ObjectDispatcher {
     else close();
   }
 
-  private async dispatch(msg: Message, ctx: CallContext): Promise<{ signature: string; body: unknown[]; closeFds?: number[] } | undefined> {
+  private async dispatch(msg: Message, ctx: CallContext): Promise<Reply | undefined> {
     const path = msg.path ?? '';
     const member = msg.member ?? '';
     const iface = msg.interface ?? '';
@@ -298,7 +313,7 @@ export class ObjectDispatcher {
       if (!handler) throw new BusError(ERR.NotSupported, `${member} is not supported.`);
       const result = await handler(target, body, ctx);
       const out = isHandlerResult(result) ? result : { body: result };
-      return { signature: signatureOf(spec.out), body: out.body, ...(out.closeFds ? { closeFds: out.closeFds } : {}) };
+      return { signature: signatureOf(spec.out), body: out.body, ...(out.closeFds ? { closeFds: out.closeFds } : {}), ...(out.marshalledBody ? { marshalledBody: out.marshalledBody } : {}) };
     }
     if (iface && !resolved.interfaces.some((i) => i.impl.spec.name === iface)) {
       throw new BusError(ERR.UnknownInterface, `Unknown interface '${iface}'.`);

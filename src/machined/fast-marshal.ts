@@ -239,6 +239,11 @@ const FIELD = { REPLY_SERIAL: 5, DESTINATION: 6, SIGNATURE: 8 } as const;
 export function marshalMethodReturn(serial: number, replySerial: number, destination: string | undefined, signature: string, body: readonly unknown[]): Buffer | undefined {
   const bodyBuf = signature ? marshalBody(signature, body) : Buffer.alloc(0);
   if (!bodyBuf) return undefined;
+  return methodReturnMessage(serial, replySerial, destination, signature, bodyBuf);
+}
+
+/** A METHOD_RETURN around a body already marshalled for `signature` (from marshalBody). */
+export function methodReturnMessage(serial: number, replySerial: number, destination: string | undefined, signature: string, bodyBuf: Buffer): Buffer {
   const w = new Writer();
   w.u8(0x6c); // 'l'
   w.u8(METHOD_RETURN);

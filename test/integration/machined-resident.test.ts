@@ -10,7 +10,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writ
 import { join } from 'node:path';
 import { call } from '../../src/dbus/bus.js';
 import { ofdLock } from '../../src/sys/libc.js';
-import { expectDBusError, MANAGER, setup, type Env } from './machined-harness.js';
+import { createArgs, expectDBusError, MANAGER, setup, waitFor, type Env } from './machined-harness.js';
 
 const STAGING_LOCK = '/run/mctl/images.lock'; // src/image/mount.ts
 let e: Env;
@@ -93,4 +93,22 @@ test('the service runs with its V8 memory flags, under the PID it was started wi
   } finally {
     delete e.env['MCTL_MACHINED_NODE_FLAGS'];
   }
+});
+
+test("ListMachines' reply, marshalled once per change of the machine set, follows every change", async () => {
+  const names = async (): Promise<string[]> => ((await e.manager('ListMachines')).body[0] as string[][]).map((r) => r[0] as string).sort();
+  assert.deepEqual(await names(), ['.host']);
+  assert.deepEqual(await names(), ['.host']); // served from the cache
+  const a = e.leader();
+  const b = e.leader();
+  await e.manager('CreateMachine', 'sayssusa(sv)', createArgs('t-md-cache-a', a.pid as number));
+  assert.deepEqual(await names(), ['.host', 't-md-cache-a']);
+  await e.manager('CreateMachine', 'sayssusa(sv)', createArgs('t-md-cache-b', b.pid as number));
+  const rows = (await e.manager('ListMachines')).body[0] as string[][];
+  assert.deepEqual(rows.find((r) => r[0] === 't-md-cache-b'), ['t-md-cache-b', 'container', 'mctl-test', '/org/freedesktop/machine1/machine/t_2dmd_2dcache_2db']);
+  await e.manager('TerminateMachine', 's', ['t-md-cache-a']);
+  await waitFor(async () => !(await names()).includes('t-md-cache-a'), 10_000, 't-md-cache-a to leave the list');
+  assert.deepEqual(await names(), ['.host', 't-md-cache-b']);
+  await e.manager('TerminateMachine', 's', ['t-md-cache-b']);
+  await waitFor(async () => (await names()).length === 1, 10_000, 'the list to be back to .host');
 });

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import dbus from 'dbus-next';
-import { marshalBody, marshalMethodReturn } from '../../src/machined/fast-marshal.js';
+import { marshalBody, marshalMethodReturn, methodReturnMessage } from '../../src/machined/fast-marshal.js';
 
 const require = createRequire(import.meta.url);
 // The path dbus-next's connection uses for every outgoing message.
@@ -45,4 +45,13 @@ test('unsupported types fall back (undefined), never a wrong message', () => {
   assert.equal(marshalBody('u', [-1]), undefined);
   assert.equal(marshalBody('s', [5]), undefined);
   assert.equal(marshalBody('(ss)', [['only-one']]), undefined);
+});
+
+test('a body marshalled once (the cached ListMachines reply) makes the same messages for every caller', () => {
+  const body = [rows];
+  const bytes = marshalBody('a(ssso)', body);
+  assert.ok(bytes);
+  for (const [serial, replySerial, dest] of [[7, 42, ':1.23'], [8, 3, ':1.1000']] as const) {
+    assert.deepEqual(methodReturnMessage(serial, replySerial, dest, 'a(ssso)', bytes), reference(serial, replySerial, dest, 'a(ssso)', body));
+  }
 });
