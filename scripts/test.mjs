@@ -76,6 +76,22 @@ function runTier(tier, args) {
   });
 }
 
+// The cached test trees are shared by every test and every later run (keyed by recipe hash, not
+// content): a test that writes into one (a bind target created in a read-only tree, say) would
+// change what all others see. Trees are checked after each root tier.
+const imageCache = process.env.MCTL_IMAGE_CACHE || '/var/cache/mctl-test';
+
+function writesIntoCachedTrees() {
+  if (!existsSync(imageCache)) return [];
+  return readdirSync(imageCache).flatMap((name) => {
+    const tree = join(imageCache, name);
+    const stamp = join(tree, '.mctl-image-complete');
+    if (!existsSync(stamp)) return [];
+    const r = spawnSync('find', [tree, '-xdev', '-newer', stamp], { encoding: 'utf8' });
+    return r.stdout.split('\n').filter(Boolean).slice(0, 5);
+  });
+}
+
 let failed = false;
 for (const tier of tiers) {
   const why = preflight(tier);
@@ -98,5 +114,10 @@ for (const tier of tiers) {
   const timeout = ['--test-timeout=300000'];
   const status = await runTier(tier, [...concurrency, ...timeout, ...list]);
   if (status !== 0) failed = true;
+  const written = tier === 'unit' ? [] : writesIntoCachedTrees();
+  if (written.length) {
+    console.error(`test: the ${tier} tier changed cached test trees (copy a tree before writing to it):\n  ${written.join('\n  ')}`);
+    failed = true;
+  }
 }
 process.exit(failed ? 1 : 0);

@@ -56,7 +56,9 @@ after(async () => {
 /** Start a container running the echo server on 8080; resolves once it listens. */
 async function startContainer(name: string, netArgs: string[]): Promise<ChildProcess> {
   const args = ['-q', '--register=no', '--read-only', '--console=pipe', '-D', debianTree(), '-M', name, ...netArgs,
-    '--bind-ro=/usr/bin/node:/usr/local/bin/node', '/usr/local/bin/node', '-e', SERVER, '8080', name];
+    // The host's node, through a bind onto the tree's existing /mnt (the cached tree is shared:
+    // a missing bind target would be created in it).
+    '--bind-ro=/usr/bin:/mnt', '/mnt/node', '-e', SERVER, '8080', name];
   const p = spawn(nspawn, args, { env, stdio: ['ignore', 'pipe', 'inherit'] });
   procs.push(p);
   await new Promise<void>((resolve, reject) => {

@@ -166,7 +166,7 @@ test('-U leaves nothing in the mount table: before, while running and after, ide
     mount --make-rshared /
     cat /proc/self/mountinfo > ${dir}/mi-before
     ${nspawn} -q --register=no --console=pipe --read-only --timezone=off --resolv-conf=off -U -D ${debianTree()} -M t-userns-${id}-m \\
-      --bind=${gate}:/gate /bin/sh -c 'touch /gate/up; while [ ! -e /gate/go ]; do sleep 0.05; done' &
+      --bind=${gate}:/mnt /bin/sh -c 'touch /mnt/up; while [ ! -e /mnt/go ]; do sleep 0.05; done' &
     while [ ! -e ${gate}/up ] && kill -0 $! 2>/dev/null; do sleep 0.05; done
     cat /proc/self/mountinfo > ${dir}/mi-during
     touch ${gate}/go
@@ -192,7 +192,8 @@ test('-U: bind mounts from places the container\'s root could not reach (a 0700 
   must(['mkdir', '-p', `${hidden}/d`]);
   must(['sh', '-c', `echo in-dir > ${hidden}/d/f; echo single > ${hidden}/single`]);
   const r = run([nspawn, '-q', '--register=no', '--console=pipe', '--read-only', '--timezone=off', '--resolv-conf=off', '-U', '-D', debianTree(), '-M', `t-userns-${id}-b`,
-    `--bind=${hidden}/d:/d`, `--bind-ro=${hidden}/single:/etc/single`, '/bin/sh', '-c', 'cat /d/f /etc/single; stat -c %U /d; ls /run']);
+    // Targets that exist in the tree: the cached tree is shared, and a missing target would be created in it.
+    `--bind=${hidden}/d:/srv`, `--bind-ro=${hidden}/single:/etc/debian_version`, '/bin/sh', '-c', 'cat /srv/f /etc/debian_version; stat -c %U /srv; ls /run']);
   assert.equal(r.status, 0, r.stderr);
   // Host owners stay as they are (root of the host is nobody inside), as nspawn's plain binds.
   assert.deepEqual(r.stdout.trim().split('\n'), ['in-dir', 'single', 'nobody', 'host']);

@@ -38,8 +38,9 @@ test('10 launchers with one name starting at the same moment get 10 disjoint ran
     mkdirSync(gate);
     const env = { ...process.env, MCTL_UID_LOCK_DIR: locks };
     // Each prints its map, then waits for the gate file, so all ten hold their ranges at once.
+    // (The gate is bound onto the tree's existing /mnt: the shared cached tree must not gain a mount point.)
     const kids = Array.from({ length: 10 }, () =>
-      spawn(nspawn, [...common, '-M', 't-userns-same', '-D', debianTree(), `--bind-ro=${gate}:/gate`, '/bin/sh', '-c', 'cat /proc/self/uid_map; while [ ! -e /gate/go ]; do sleep 0.05; done'], { env, stdio: ['ignore', 'pipe', 'inherit'] }),
+      spawn(nspawn, [...common, '-M', 't-userns-same', '-D', debianTree(), `--bind-ro=${gate}:/mnt`, '/bin/sh', '-c', 'cat /proc/self/uid_map; while [ ! -e /mnt/go ]; do sleep 0.05; done'], { env, stdio: ['ignore', 'pipe', 'inherit'] }),
     );
     const shifts = await Promise.all(
       kids.map(
