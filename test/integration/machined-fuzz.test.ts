@@ -138,6 +138,10 @@ describe('mctl-machined survives random calls', { timeout: (SECONDS + 60) * 1000
     const deadline = Date.now() + 10_000;
     while (((await env.manager('ListMachines')).body[0] as unknown[]).length > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     assert.equal(((await env.manager('ListMachines')).body[0] as unknown[]).length, 1);
+    // A machine leaves the list first; its scope directory goes right after (rmdir runs on the
+    // thread pool and waits for the kernel to finish with the cgroup), so wait for that too.
+    const scopesGone = Date.now() + 10_000;
+    while (testScopes().length > 0 && Date.now() < scopesGone) await new Promise((r) => setTimeout(r, 50));
     assert.deepEqual(testScopes(), []);
   });
 });
