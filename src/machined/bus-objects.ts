@@ -7,7 +7,7 @@
 import { closeSync, readFileSync } from 'node:fs';
 import dbus, { type Message, type MessageBus } from 'dbus-next';
 import { BusError, ERR, toBusError } from './errors.js';
-import { marshalMethodReturn, methodReturnMessage } from './fast-marshal.js';
+import { marshalMethodReturn, methodReturnHeader } from './fast-marshal.js';
 
 export interface Arg {
   name: string;
@@ -244,13 +244,16 @@ export class ObjectDispatcher {
     }
     try {
       const stream = this.stream();
-      const fast = !result.closeFds?.length && stream?.write;
-      const raw = !fast
-        ? undefined
-        : result.marshalledBody
-          ? methodReturnMessage(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.marshalledBody)
-          : marshalMethodReturn(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.body);
-      if (raw && stream?.write) stream.write(raw);
+      const write = !result.closeFds?.length && stream?.write ? stream.write.bind(stream) : undefined;
+      if (write && result.marshalledBody) {
+        // a cached body: a fresh header, then the same body bytes (written in the same tick,
+        // so nothing else can come between them on the socket)
+        write(methodReturnHeader(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.marshalledBody.length));
+        write(result.marshalledBody);
+        return;
+      }
+      const raw = write ? marshalMethodReturn(this.bus.newSerial(), msg.serial ?? 0, msg.sender, result.signature, result.body) : undefined;
+      if (raw && write) write(raw);
       else this.bus.send(dbus.Message.newMethodReturn(msg, result.signature, result.body));
     } catch (err) {
       this.replyError(msg, new BusError(ERR.Failed, `Could not send reply: ${toBusError(err).message}`));

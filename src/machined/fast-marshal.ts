@@ -244,12 +244,20 @@ export function marshalMethodReturn(serial: number, replySerial: number, destina
 
 /** A METHOD_RETURN around a body already marshalled for `signature` (from marshalBody). */
 export function methodReturnMessage(serial: number, replySerial: number, destination: string | undefined, signature: string, bodyBuf: Buffer): Buffer {
+  return Buffer.concat([methodReturnHeader(serial, replySerial, destination, signature, bodyBuf.length), bodyBuf]);
+}
+
+/**
+ * The header of a METHOD_RETURN (padded to 8, so the body follows directly): written before a
+ * cached body, the body itself is neither copied nor allocated per reply.
+ */
+export function methodReturnHeader(serial: number, replySerial: number, destination: string | undefined, signature: string, bodyLength: number): Buffer {
   const w = new Writer();
   w.u8(0x6c); // 'l'
   w.u8(METHOD_RETURN);
   w.u8(0); // flags
   w.u8(1); // protocol version
-  w.u32(bodyBuf.length);
+  w.u32(bodyLength);
   w.u32(serial);
   w.u32(0); // header fields array length, patched below
   const fieldsStart = w.pos;
@@ -264,8 +272,5 @@ export function methodReturnMessage(serial: number, replySerial: number, destina
   if (signature) field(FIELD.SIGNATURE, 'g', () => w.string(signature, true));
   w.buf.writeUInt32LE(w.pos - fieldsStart, 12);
   w.align(8);
-  w.ensure(bodyBuf.length);
-  bodyBuf.copy(w.buf, w.pos);
-  w.pos += bodyBuf.length;
   return w.buf.subarray(0, w.pos);
 }
