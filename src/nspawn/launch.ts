@@ -208,7 +208,11 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
   const controller = hooks.busController;
   const prepareArgs = controller ? ['bus', controller.address, ...args] : args;
   const r = spawnSync(helper, ['prepare', ...prepareArgs], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
-  if (r.status !== 0) throw new UserError('failed to create the container', { exitCode: 1 });
+  if (r.status !== 0) {
+    // the helper's own line (a failed pick, idmap or mount) comes through the report pipe
+    const said = /^mctl-nspawn: (.+)$/m.exec(r.output[3]?.toString() ?? '');
+    throw new UserError(said?.[1] ?? 'failed to create the container', { exitCode: 1 });
+  }
   const report = r.output[3]?.toString() ?? '';
   const m = /^(\d+) (\d+) (-?\d+) (\S+)\n$/.exec(report);
   if (!m) throw new Error(`unexpected report from mctl-nsexec: '${report}'`);

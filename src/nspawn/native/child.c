@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -32,8 +33,23 @@ extern char **environ;
 int child_parent_end = -1;
 int child_report_fd = -1;
 int child_bus_fd = -1;
+int child_builder_fd = -1;
 static int report_sock = -1;
 static const char *root;
+
+/* -U: the mounts are made by a builder process that is host root (see builder_main), so files it
+ * creates must belong to the container's root: it works with fsuid/fsgid = the shift, which keeps
+ * CAP_SYS_ADMIN for mount(2). Overlay mounts and a few fallbacks need the full host credentials. */
+static bool builder;
+static unsigned long builder_shift;
+
+static void host_creds(bool on)
+{
+	if (!builder)
+		return;
+	setfsuid(on ? 0 : (uid_t)builder_shift);
+	setfsgid(on ? 0 : (gid_t)builder_shift);
+}
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void fail(const char *fmt, ...)
@@ -44,7 +60,7 @@ static void fail(const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	if (report_sock < 0 || send_fds(report_sock, MSG_ERROR, buf, NULL, 0) < 0)
-		dprintf(2, "mctl-nspawn: %s\n", buf);
+		dprintf(builder ? die_fd : 2, "mctl-nspawn: %s\n", buf);
 	_exit(1);
 }
 
@@ -90,7 +106,14 @@ static void bind_ro(const char *src, const char *dst)
 
 static void ensure_dir(const char *path, mode_t mode)
 {
-	if (mkdir_p(path, mode) < 0)
+	int r = mkdir_p(path, mode);
+	if (r < 0 && builder && errno == EACCES) {
+		/* a tree still owned by host root (chown ownership shifts it after the build) */
+		host_creds(true);
+		r = mkdir_p(path, mode);
+		host_creds(false);
+	}
+	if (r < 0)
 		fail("failed to create %s: %s", path, strerror(errno));
 }
 
@@ -115,6 +138,11 @@ static void ensure_mount_point(const char *src, const char *dst)
 	if (lstat(dst, &st) == 0)
 		return;
 	int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+	if (fd < 0 && builder && errno == EACCES) {
+		host_creds(true);
+		fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+		host_creds(false);
+	}
 	if (fd < 0 && errno != EISDIR)
 		fail("failed to create %s: %s", dst, strerror(errno));
 	if (fd >= 0)
@@ -170,7 +198,9 @@ static void mount_temporary_overlay(const char *lower, const char *dst, unsigned
 	char data[8192];
 	if ((size_t)snprintf(data, sizeof(data), "lowerdir=%s,upperdir=/proc/self/fd/%d/upper,workdir=/proc/self/fd/%d/work", lower, t, t) >= sizeof(data))
 		fail("overlay options too long for %s", dst);
+	host_creds(true);
 	xmount("overlay", dst, "overlay", flags, data);
+	host_creds(false);
 	close(t);
 }
 
@@ -416,7 +446,10 @@ static void setup_dev(const struct config *c)
 	ensure_dir(in_root("/dev/mqueue"), 0755);
 	xmount("mqueue", in_root("/dev/mqueue"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	ensure_dir(in_root("/dev/pts"), 0755);
-	xmount("devpts", in_root("/dev/pts"), "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620,gid=5");
+	/* tty is gid 5 inside; the builder's options are read in the host's user namespace */
+	char pts[96];
+	snprintf(pts, sizeof(pts), "newinstance,ptmxmode=0666,mode=620,gid=%lu", (builder ? builder_shift : 0) + 5);
+	xmount("devpts", in_root("/dev/pts"), "devpts", MS_NOSUID | MS_NOEXEC, pts);
 	(void)c;
 }
 
@@ -454,7 +487,9 @@ static void apply_mount_ops(const struct config *c)
 			else
 				snprintf(data, sizeof(data), "lowerdir=%s", m->source);
 			ensure_dir(dst, 0755);
+			host_creds(true);
 			xmount("overlay", dst, "overlay", (m->options && *m->options) ? 0 : MS_RDONLY, data);
+			host_creds(false);
 			break;
 		}
 		case MOUNT_INACCESSIBLE: {
@@ -652,6 +687,120 @@ static void apply_resource_limits(const struct config *c)
 	}
 }
 
+/* Everything under the root that the payload must get as it is: the root layers, /run, /proc
+ * (without a user namespace), /sys, /dev, /tmp, cgroups (likewise), the spec's mounts, the console
+ * and the notify socket (fds into FDS), /run/host and, with --read-only, the root made read-only. */
+static void build_tree(const struct config *c, int sock, int *fds, size_t *n_fds)
+{
+	struct stat st;
+	if (stat(root, &st) < 0 || !S_ISDIR(st.st_mode))
+		fail("directory %s does not exist", root);
+	assemble_root(c);
+	xmount(root, root, NULL, MS_BIND | MS_REC, NULL);
+
+	setup_run(c);
+	if (!c->userns)
+		setup_proc(c);
+	setup_sys();
+	setup_dev(c);
+	setup_tmp();
+	if (!c->userns)
+		setup_cgroup(c, sock);
+	apply_mount_ops(c);
+
+	if (c->console != CONSOLE_PIPE) {
+		int slave = -1;
+		fds[(*n_fds)++] = setup_console(&slave);
+		fds[(*n_fds)++] = slave;
+	}
+	fds[(*n_fds)++] = setup_notify();
+
+	{
+		/* recursive: os-release is a bind mount below it */
+		xmount(in_root("/run/host"), in_root("/run/host"), NULL, MS_BIND | MS_REC, NULL);
+		if (remount_bind(in_root("/run/host"), true) < 0)
+			fail("failed to make /run/host read-only: %s", strerror(errno));
+	}
+	if (c->read_only_root && c->root_layer != ROOT_VOLATILE && remount_bind(root, true) < 0)
+		fail("failed to make the root read-only: %s", strerror(errno));
+}
+
+static void enter_ns_of(pid_t pid, const char *name, int type)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)pid, name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || setns(fd, type) < 0)
+		fail("failed to enter the container's %s namespace: %s", name, strerror(errno));
+	close(fd);
+}
+
+/* -U, the builder: a fork of the launcher (host root) that makes the mounts in the container's
+ * first mount namespace, which the HOST's user namespace owns (the launcher unshared it before
+ * the clone, see main.c). The container's root later copies it into a mount namespace of its own
+ * user namespace, and the kernel locks every mount of such a copy: read-only stays read-only
+ * (MNT_LOCK_READONLY, likewise nosuid/nodev/noexec/atime) and nothing can be unmounted to reveal
+ * what is below (MNT_LOCKED). nspawn 252 does the same in its outer child. The root is moved onto
+ * "/" (not pivoted: the host's /proc must stay in the namespace, hidden, so that the container may
+ * mount procfs), and an O_PATH fd of it goes to the container with the console and notify fds. */
+void builder_main(const struct config *c, pid_t pid, int chan)
+{
+	report_sock = -1; /* failures: one line on stderr, exit 1 */
+	root = c->root;
+	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+	enter_ns_of(pid, "mnt", CLONE_NEWNS);
+	/* the root view and bind sources are clones of host mounts and so peers of theirs when those
+	 * are shared: nothing made here may propagate back (and MS_MOVE refuses shared parents) */
+	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+		fail("failed to make / a slave mount: %s", strerror(errno));
+	enter_ns_of(pid, "ipc", CLONE_NEWIPC); /* /dev/mqueue of the container's IPC namespace */
+	if (c->private_network)
+		enter_ns_of(pid, "net", CLONE_NEWNET); /* sysfs of the container's network */
+	builder = true;
+	builder_shift = c->uid_shift;
+	host_creds(false);
+
+	int fds[4];
+	size_t n_fds = 0;
+	build_tree(c, -1, fds + 1, &n_fds);
+	fds[0] = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fds[0] < 0)
+		fail("failed to open %s: %s", root, strerror(errno));
+	host_creds(true);
+	if (mount(root, "/", NULL, MS_MOVE, NULL) < 0)
+		fail("failed to move the container's root into place: %s", strerror(errno));
+	if (send_fds(chan, MSG_READY, NULL, fds, n_fds + 1) < 0)
+		fail("failed to hand over the container's root: %s", strerror(errno));
+	_exit(0);
+}
+
+/* -U, the container's side: take the builder's fds, copy its mount namespace into one of our
+ * user namespace (the locking copy), mount /proc (procfs needs a process of its PID namespace;
+ * nspawn's inner child mounts it too) and the cgroups, then chroot into the root. */
+static void enter_built_tree(const struct config *c, int sock, int *fds, size_t *n_fds)
+{
+	int got[4];
+	size_t n = 0;
+	char tag = 0;
+	if (recv_fds(child_builder_fd, &tag, 1, got, &n) != 1 || tag != MSG_READY || n < 2)
+		fail("internal: the container's root was not handed over");
+	close(child_builder_fd);
+	for (size_t i = 1; i < n; i++)
+		fds[(*n_fds)++] = got[i];
+	if (fchdir(got[0]) < 0)
+		fail("failed to enter the container's root: %s", strerror(errno));
+	close(got[0]);
+	if (unshare(CLONE_NEWNS) < 0)
+		fail("failed to create the container's mount namespace: %s", strerror(errno));
+	/* until the chroot, absolute paths are the host's (our root is the hidden host root below the
+	 * container's) and relative ones the container's */
+	root = ".";
+	setup_proc(c);
+	setup_cgroup(c, sock);
+	if (chroot(".") < 0 || chdir("/") < 0)
+		fail("failed to change into the container's root: %s", strerror(errno));
+}
+
 void child_main(const struct config *c, int sock)
 {
 	report_sock = sock;
@@ -689,43 +838,16 @@ void child_main(const struct config *c, int sock)
 	if (c->hostname && *c->hostname && sethostname(c->hostname, strlen(c->hostname)) < 0)
 		fail("failed to set the hostname: %s", strerror(errno));
 
-	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
-		fail("failed to make / a slave mount: %s", strerror(errno));
-	struct stat st;
-	if (stat(root, &st) < 0 || !S_ISDIR(st.st_mode))
-		fail("directory %s does not exist", root);
-	assemble_root(c);
-	xmount(root, root, NULL, MS_BIND | MS_REC, NULL);
-
-	setup_run(c);
-	setup_proc(c);
-	setup_sys();
-	setup_dev(c);
-	setup_tmp();
-	setup_cgroup(c, sock);
-	apply_mount_ops(c);
-
-	int fds[3];
+	int fds[4];
 	size_t n_fds = 0;
-	int master = -1, slave = -1;
-	if (c->console != CONSOLE_PIPE) {
-		master = setup_console(&slave);
-		fds[n_fds++] = master;
-		fds[n_fds++] = slave;
+	if (!c->userns) {
+		if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+			fail("failed to make / a slave mount: %s", strerror(errno));
+		build_tree(c, sock, fds, &n_fds);
+		pivot_into_root();
+	} else {
+		enter_built_tree(c, sock, fds, &n_fds);
 	}
-	int notify = setup_notify();
-	fds[n_fds++] = notify;
-
-	{
-		/* recursive: os-release is a bind mount below it */
-		xmount(in_root("/run/host"), in_root("/run/host"), NULL, MS_BIND | MS_REC, NULL);
-		if (remount_bind(in_root("/run/host"), true) < 0)
-			fail("failed to make /run/host read-only: %s", strerror(errno));
-	}
-	if (c->read_only_root && c->root_layer != ROOT_VOLATILE && remount_bind(root, true) < 0)
-		fail("failed to make the root read-only: %s", strerror(errno));
-
-	pivot_into_root();
 
 	if (send_fds(sock, MSG_READY, NULL, fds, n_fds) < 0)
 		_exit(1);

@@ -21,6 +21,9 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 struct clone_arg {
@@ -58,19 +61,88 @@ static pid_t clone_container(const struct config *c, int sock, int parent_end, b
 	char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
 	if (stack == MAP_FAILED)
 		die("mmap: %s", strerror(errno));
-	int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
+	int flags = CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
 	if (c->private_network)
 		flags |= CLONE_NEWNET;
-	if (c->userns)
-		flags |= CLONE_NEWUSER;
 	if (as_sibling)
 		flags |= CLONE_PARENT;
+	/* -U: the child's first mount namespace must belong to the host's user namespace, so that the
+	 * mounts the builder makes there are locked once the container copies it into one of its own
+	 * (see builder_main). A clone with CLONE_NEWUSER|CLONE_NEWNS would give it to the new user
+	 * namespace: we unshare it here, as host root, and clone into it without CLONE_NEWNS. */
+	int home = -1, home_root = -1, home_cwd = -1;
+	if (c->userns) {
+		flags |= CLONE_NEWUSER;
+		home = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+		home_root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+		home_cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (home < 0 || unshare(CLONE_NEWNS) < 0)
+			die("failed to create the container's mount namespace: %s", strerror(errno));
+		if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+			die("failed to make / a slave mount: %s", strerror(errno));
+	} else {
+		flags |= CLONE_NEWNS;
+	}
 	pid_t pid = clone(child_entry, stack + stack_size, flags, &arg);
+	int err = errno;
+	if (c->userns) {
+		/* back home; setns() resets root and working directory: restore both */
+		if (setns(home, CLONE_NEWNS) < 0)
+			die("failed to return to our mount namespace: %s", strerror(errno));
+		if (home_root >= 0 && (fchdir(home_root) < 0 || chroot(".") < 0))
+			warnx_("failed to return to the root directory: %s", strerror(errno));
+		if (home_cwd >= 0 && fchdir(home_cwd) < 0)
+			warnx_("failed to return to the working directory: %s", strerror(errno));
+		close(home);
+		if (home_root >= 0)
+			close(home_root);
+		if (home_cwd >= 0)
+			close(home_cwd);
+	}
 	if (pid < 0)
-		die("failed to create the container's namespaces: %s", strerror(errno));
+		die("failed to create the container's namespaces: %s", strerror(err));
 	if (c->userns)
 		write_id_maps(c, pid);
 	return pid;
+}
+
+/* -U: fork the builder (child.c) and wait for it; the container waits for GO meanwhile. A
+ * failed build has printed its line: the container goes with it. */
+static void build_container(const struct config *c, pid_t pid, int chan)
+{
+	pid_t b = fork();
+	if (b < 0) {
+		kill(pid, SIGKILL);
+		die("fork: %s", strerror(errno));
+	}
+	if (b == 0)
+		builder_main(c, pid, chan);
+	int status = 0;
+	while (waitpid(b, &status, 0) < 0)
+		if (errno != EINTR) {
+			kill(pid, SIGKILL);
+			die("waitpid: %s", strerror(errno));
+		}
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		kill(pid, SIGKILL);
+		if (child_report_fd < 0)
+			waitpid(pid, NULL, 0);
+		_exit(1);
+	}
+	close(chan);
+	close(child_builder_fd);
+	child_builder_fd = -1;
+}
+
+static int builder_channel(const struct config *c)
+{
+	if (!c->userns)
+		return -1;
+	int ch[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ch) < 0)
+		die("socketpair: %s", strerror(errno));
+	child_builder_fd = ch[1];
+	return ch[0];
 }
 
 static void block_signals(void)
@@ -96,8 +168,11 @@ int main(int argc, char **argv)
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
 			die("socketpair: %s", strerror(errno));
 		userns_before_clone(&c);
+		int chan = builder_channel(&c);
 		pid_t pid = clone_container(&c, sp[1], sp[0], false);
 		userns_after_clone(&c, pid);
+		if (c.userns)
+			build_container(&c, pid, chan);
 		close(sp[1]);
 		supervise(&c, pid, sp[0], -1);
 	}
@@ -105,6 +180,7 @@ int main(int argc, char **argv)
 		config_parse(&c, argc - 2, argv + 2);
 		/* "PID FD" goes to fd 3 (a pipe the launcher reads): our stdio is the container's */
 		child_report_fd = 3;
+		die_fd = 3; /* the launcher makes a failure its one line */
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
 			die("socketpair: %s", strerror(errno));
 		/* a bus connection for the scope's Controller=, opened now so its unique name can be
@@ -114,8 +190,11 @@ int main(int argc, char **argv)
 			strcpy(unique, "-");
 		/* the child keeps sp[0] open (it is a copy of ours) until the supervisor has taken it */
 		userns_before_clone(&c);
+		int chan = builder_channel(&c);
 		pid_t pid = clone_container(&c, sp[1], sp[0], true);
 		userns_after_clone(&c, pid);
+		if (c.userns)
+			build_container(&c, pid, chan);
 		dprintf(3, "%d %d %d %s\n", (int)pid, sp[0], child_bus_fd, unique);
 		_exit(0);
 	}

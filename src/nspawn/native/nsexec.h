@@ -94,6 +94,7 @@ struct config {
 int config_parse(struct config *c, int argc, char **argv);
 
 /* util.c */
+extern int die_fd; /* where die() reports: stderr, or the launcher's report pipe in prepare mode */
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int write_file(const char *path, const char *content);
@@ -112,7 +113,9 @@ int bus_dispatch(int fd);
 extern int child_report_fd; /* prepare mode: the launcher's report pipe, not the container's business */
 extern int child_parent_end; /* the supervisor's socket end, closed by the child after GO */
 extern int child_bus_fd; /* prepare: the controller's bus connection, held until GO */
+extern int child_builder_fd; /* -U: where the builder hands over the root, console and notify fds */
 void child_main(const struct config *c, int sock) __attribute__((noreturn));
+void builder_main(const struct config *c, pid_t pid, int chan) __attribute__((noreturn));
 
 /* cgroup.c */
 int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2);

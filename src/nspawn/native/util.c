@@ -14,19 +14,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* One formatted line on stderr, in one write so concurrent writers do not interleave. */
-static void say(const char *fmt, va_list ap)
+int die_fd = 2;
+
+/* One formatted line on FD, in one write so concurrent writers do not interleave. */
+static void say(int fd, const char *fmt, va_list ap)
 {
 	char buf[1024];
 	vsnprintf(buf, sizeof(buf), fmt, ap);
-	dprintf(2, "mctl-nspawn: %s\n", buf);
+	dprintf(fd, "mctl-nspawn: %s\n", buf);
 }
 
 void die(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	say(fmt, ap);
+	say(die_fd, fmt, ap);
 	va_end(ap);
 	_exit(1);
 }
@@ -35,7 +37,7 @@ void warnx_(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	say(fmt, ap);
+	say(2, fmt, ap);
 	va_end(ap);
 }
 
