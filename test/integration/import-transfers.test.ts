@@ -6,8 +6,8 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
 import { call, connectBus } from '../../src/dbus/bus.js';
 import { lockImage, lockImageName } from '../../src/image/index.js';
 import { makeTinyImage, startService, type Service } from './cli-container.js';
@@ -20,6 +20,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let svc: Service;
 let server: TestServer;
 let dir: string;
+/** An empty directory everyone can reach, where the unprivileged runs see the checkout. */
+let reachable: string;
 
 interface Listed {
   id: number;
@@ -34,6 +36,8 @@ before(async () => {
   svc = await startService();
   server = await startServer();
   dir = mkdtempSync('/tmp/mctl-import-xfer-');
+  reachable = mkdtempSync('/tmp/mctl-import-view-');
+  chmodSync(reachable, 0o755);
   // 4 MiB that does not compress, served at 512 KiB/s: a transfer that stays in flight ~8 s
   const src = join(dir, 'src');
   mkdirSync(join(src, 'etc'), { recursive: true });
@@ -48,6 +52,7 @@ after(async () => {
   await server?.close();
   await svc?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
+  if (reachable) rmSync(reachable, { recursive: true, force: true });
 });
 
 async function transfers(): Promise<Listed[]> {
@@ -90,7 +95,14 @@ test('list-transfers shows a running pull; cancel-transfer stops it and it clean
   // an unprivileged user sees it too (a shared lock probe, read-only), and cannot cancel it
   const asNobody = (args: string[]) =>
     new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      const c = spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, MCTL, ...args], { env: { ...process.env, ...svc.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      // The checkout may sit below a directory nobody cannot traverse (a CI clone under a 0700
+      // dir): bind it onto a reachable path in a private mount namespace first.
+      const checkout = dirname(dirname(MCTL));
+      const script = 'mount --bind "$1" "$2" && shift 2 && exec setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"';
+      const c = spawn('unshare', ['--mount', '--propagation=private', 'sh', '-c', script, 'sh', checkout, reachable, process.execPath, join(reachable, relative(checkout, MCTL)), ...args], {
+        env: { ...process.env, ...svc.env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let out = '';
       let err = '';
       c.stdout.on('data', (d: Buffer) => (out += d.toString()));
