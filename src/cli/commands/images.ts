@@ -23,7 +23,7 @@ const listImages: CommandModule<GlobalArgs, Args<ListImagesArgs>> = {
   builder: (y) => y.option('all', { alias: 'a', type: 'boolean', default: false, describe: 'Also show hidden images (names starting with ".")' }),
   handler: (argv) =>
     withSession(argv, async (s) => {
-      const images = (await new Machine1(s).listImages()).filter((i) => argv.all || !i.name.startsWith('.')).sort((a, b) => a.name.localeCompare(b.name));
+      const images = (await new Machine1(s).listImages()).filter((i) => argv.all || !i.name.startsWith('.')).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
       if (isJson(argv.output)) {
         return printJson(
           images.map((i) => ({ name: i.name, type: i.type, ro: i.readOnly, usage: i.usage === UINT64_MAX ? null : Number(i.usage), created: num(i.crtime), modified: num(i.mtime) })),

@@ -45,7 +45,7 @@ export interface MachineRow {
 }
 
 async function listRows(m1: Machine1, all: boolean): Promise<MachineRow[]> {
-  const machines = (await m1.listMachines()).filter((m) => all || !m.name.startsWith('.')).sort((a, b) => a.name.localeCompare(b.name));
+  const machines = (await m1.listMachines()).filter((m) => all || !m.name.startsWith('.')).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return Promise.all(
     machines.map(async (m) => {
       const os = await optional(m1.osRelease(m.name), {} as Record<string, string>);
