@@ -142,3 +142,8 @@ export function parseBoolean(text: string): boolean {
   if (['0', 'no', 'n', 'false', 'f', 'off'].includes(t)) return false;
   throw new Error(`invalid boolean '${text}'`);
 }
+
+/** Order by name in byte order, as machinectl sorts (strcmp; no locale collation to load). */
+export function byName(a: { name: string }, b: { name: string }): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}

@@ -5,7 +5,7 @@ import type { GlobalArgs } from '../session.js';
 import type { Variant } from 'dbus-next';
 import { UserError } from '../../common/errors.js';
 import { Machine1, IMAGE_IFACE, type PropertyMap } from '../machine1.js';
-import { UINT64_MAX, formatBytes, formatRelative, formatTimestamp, parseBoolean, parseSize } from '../format.js';
+import { UINT64_MAX, byName, formatBytes, formatRelative, formatTimestamp, parseBoolean, parseSize } from '../format.js';
 import { isJson, printJson, renderFields, renderTable } from '../output.js';
 import { propertiesJson, renderProperties } from '../properties.js';
 import { propertyList } from './machines.js';
@@ -23,7 +23,7 @@ const listImages: CommandModule<GlobalArgs, Args<ListImagesArgs>> = {
   builder: (y) => y.option('all', { alias: 'a', type: 'boolean', default: false, describe: 'Also show hidden images (names starting with ".")' }),
   handler: (argv) =>
     withSession(argv, async (s) => {
-      const images = (await new Machine1(s).listImages()).filter((i) => argv.all || !i.name.startsWith('.')).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      const images = (await new Machine1(s).listImages()).filter((i) => argv.all || !i.name.startsWith('.')).sort(byName);
       if (isJson(argv.output)) {
         return printJson(
           images.map((i) => ({ name: i.name, type: i.type, ro: i.readOnly, usage: i.usage === UINT64_MAX ? null : Number(i.usage), created: num(i.crtime), modified: num(i.mtime) })),

@@ -5,7 +5,7 @@ import type { GlobalArgs } from '../session.js';
 import type { Variant } from 'dbus-next';
 import { Machine1, MACHINE_IFACE, type Address, type PropertyMap } from '../machine1.js';
 import { Systemd1 } from '../systemd1.js';
-import { formatAddress, formatRelative, formatTimestamp } from '../format.js';
+import { byName, formatAddress, formatRelative, formatTimestamp } from '../format.js';
 import { isJson, printJson, renderFields, renderTable } from '../output.js';
 import { cgroupTreeLines, containerCgroupFromLeader, unitCgroupFromLeader } from '../cgroup-tree.js';
 import { propertiesJson, renderProperties } from '../properties.js';
@@ -45,7 +45,7 @@ export interface MachineRow {
 }
 
 async function listRows(m1: Machine1, all: boolean): Promise<MachineRow[]> {
-  const machines = (await m1.listMachines()).filter((m) => all || !m.name.startsWith('.')).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const machines = (await m1.listMachines()).filter((m) => all || !m.name.startsWith('.')).sort(byName);
   return Promise.all(
     machines.map(async (m) => {
       const os = await optional(m1.osRelease(m.name), {} as Record<string, string>);
