@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from '../helpers/images.js';
 import { launcherHostState } from '../helpers/host-state.js';
+import { waitSystemRunning } from '../helpers/machined-process.js';
 
 const BIN = fileURLToPath(new URL('../../bin/mctl-nspawn', import.meta.url));
 let tree = '';
@@ -38,18 +39,6 @@ async function leaderOf(launcher: number): Promise<number> {
   throw new Error('container leader did not appear');
 }
 
-/** `systemctl is-system-running --wait` inside; retried while PID 1 has no bus socket yet. */
-async function waitRunning(leader: number): Promise<string> {
-  const deadline = Date.now() + 60_000;
-  let last = '';
-  while (Date.now() < deadline) {
-    const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: 60_000 });
-    last = r.stdout.trim();
-    if (!['', 'offline', 'unknown', 'starting', 'initializing'].includes(last)) return last;
-    await sleep(50);
-  }
-  return last;
-}
 
 function exitOf(child: ChildProcess): Promise<number | null> {
   return new Promise((resolve) => child.on('exit', (code) => resolve(code)));
@@ -66,7 +55,7 @@ test('Debian boots to running; SIGTERM halts it, the launcher exits 0 and leaves
   const exited = exitOf(child);
   try {
     const leader = await leaderOf(child.pid ?? 0);
-    assert.equal(await waitRunning(leader), 'running');
+    assert.equal(await waitSystemRunning(leader), 'running');
     // the container's cgroup: a fresh sub-cgroup, seen as / inside and writable there
     const hostView = readFileSync(`/proc/${leader}/cgroup`, 'utf8');
     assert.match(hostView, /^0::\/mctl-nspawn-t-nsc-boot\/init\.scope$/m);
@@ -88,7 +77,7 @@ test('a reboot inside the container ends the launcher with 133', async () => {
   const exited = exitOf(child);
   try {
     const leader = await leaderOf(child.pid ?? 0);
-    assert.equal(await waitRunning(leader), 'running');
+    assert.equal(await waitSystemRunning(leader), 'running');
     const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemctl', 'reboot'], { encoding: 'utf8', timeout: 10_000 });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(await Promise.race([exited, timeout(20_000)]), 133);
@@ -126,7 +115,7 @@ print(s.recv(4096).decode().replace("\\n", " "), flush=True)
     assert.match(out, /READY=1/);
     assert.match(out, new RegExp(`X_NSPAWN_LEADER_PID=${leader}`));
     // a kill signal sent before systemd has its handlers is lost (PID 1 ignores unhandled signals)
-    assert.equal(await waitRunning(leader), 'running');
+    assert.equal(await waitSystemRunning(leader), 'running');
     child.kill('SIGTERM');
     assert.equal(await Promise.race([exited, timeout(20_000)]), 0);
   } finally {

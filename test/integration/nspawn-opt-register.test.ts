@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { MessageBus } from 'dbus-next';
 import { overlayTree, type TestTree } from './nspawn-opt-tree.js';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus-daemon.js';
+import { startMachinedProcess, type MachinedProcess } from '../helpers/machined-process.js';
 import { connectBus, call } from '../../src/dbus/bus.js';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
@@ -21,32 +22,19 @@ let tree: string;
 let treeMount: TestTree | undefined;
 let bus: PrivateBus;
 let client: MessageBus;
-let machined: ChildProcess | null = null;
+let machined: MachinedProcess | null = null;
 let stateDir: string;
 
 const manager = { destination: 'org.freedesktop.machine1', path: '/org/freedesktop/machine1', interface: 'org.freedesktop.machine1.Manager' };
 
 async function startMachined(): Promise<void> {
-  const child = spawn(join(repo, 'bin/mctl-machined'), [], { env: { ...bus.env, MCTL_MACHINED_STATE_DIR: stateDir }, stdio: ['ignore', 'ignore', 'inherit'] });
-  machined = child;
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error('mctl-machined exited at start');
-    const r = await call(client, { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'NameHasOwner', signature: 's', body: ['org.freedesktop.machine1'] });
-    if (r.body[0] === true) return;
-    if (Date.now() > deadline) throw new Error('mctl-machined did not take its name');
-    await sleep(50);
-  }
+  machined = await startMachinedProcess(client, bus.env, stateDir);
 }
 
 async function stopMachined(): Promise<void> {
-  const child = machined;
+  const m = machined;
   machined = null;
-  if (!child || child.exitCode !== null) return;
-  const gone = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await Promise.race([gone, sleep(5000)]);
-  if (child.exitCode === null) child.kill('SIGKILL');
+  await m?.stop();
 }
 
 async function machineNames(): Promise<string[]> {

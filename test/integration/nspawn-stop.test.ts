@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import dbus, { type MessageBus } from 'dbus-next';
 import { debianTree } from '../helpers/images.js';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus-daemon.js';
+import { startMachinedProcess, waitSystemRunning, type MachinedProcess } from '../helpers/machined-process.js';
 import { connectBus, call } from '../../src/dbus/bus.js';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
@@ -27,27 +28,16 @@ let work = '';
 let tree = '';
 let bus: PrivateBus;
 let client: MessageBus;
-let machined: ChildProcess | null = null;
+let machined: MachinedProcess | null = null;
 
 async function startMachined(): Promise<void> {
-  const child = spawn(join(repo, 'bin/mctl-machined'), [], { env: { ...bus.env, MCTL_MACHINED_STATE_DIR: join(work, 'state') }, stdio: ['ignore', 'ignore', 'inherit'] });
-  machined = child;
-  for (let i = 0; ; i++) {
-    const r = await call(client, { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'NameHasOwner', signature: 's', body: ['org.freedesktop.machine1'] });
-    if (r.body[0] === true) break;
-    if (i > 300 || child.exitCode !== null) throw new Error('mctl-machined did not start');
-    await sleep(50);
-  }
+  machined = await startMachinedProcess(client, bus.env, join(work, 'state'));
 }
 
 async function stopMachined(): Promise<void> {
-  const child = machined;
+  const m = machined;
   machined = null;
-  if (!child || child.exitCode !== null) return;
-  const gone = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await Promise.race([gone, sleep(5000)]);
-  if (child.exitCode === null) child.kill('SIGKILL');
+  await m?.stop();
 }
 
 before(async () => {
@@ -74,17 +64,6 @@ async function leaderOf(name: string): Promise<number> {
   return Number((r.body[0] as { value: number }).value);
 }
 
-async function waitRunning(leader: number): Promise<string> {
-  const deadline = Date.now() + 60_000;
-  let last = '';
-  while (Date.now() < deadline) {
-    const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemctl', 'is-system-running', '--wait'], { encoding: 'utf8', timeout: 60_000 });
-    last = r.stdout.trim();
-    if (!['', 'offline', 'unknown', 'starting', 'initializing'].includes(last)) return last;
-    await sleep(50);
-  }
-  return last;
-}
 
 interface Booted {
   child: ChildProcess;
@@ -113,7 +92,7 @@ test('TerminateMachine shuts a booted Debian down cleanly: its services get SIGT
   const c = await boot('t-nsp-stop1', [`--bind=${out}:/out`]);
   try {
     const leader = await leaderOf('t-nsp-stop1');
-    assert.equal(await waitRunning(leader), 'running');
+    assert.equal(await waitSystemRunning(leader), 'running');
     // A service that records the signal its manager stops it with. A signal sent to every
     // process of the container (KillMode=control-group) would kill the shell without a trace.
     const probe = spawnSync('nsenter', ['-t', String(leader), '-a', 'systemd-run', '--unit=t-probe', '/bin/sh', '-c',
@@ -152,7 +131,7 @@ test('RequestStop from a connection that is neither systemd nor the machine serv
   const c = await boot('t-nsp-stop3');
   try {
     const leader = await leaderOf('t-nsp-stop3');
-    assert.equal(await waitRunning(leader), 'running');
+    assert.equal(await waitSystemRunning(leader), 'running');
     // Send it to every connection on the bus: the supervisor's is among them.
     const names = (await call(client, { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'ListNames' })).body[0] as string[];
     for (const n of names.filter((x) => x.startsWith(':'))) {
@@ -181,7 +160,7 @@ test('stock systemd-nspawn registered with mctl-machined is asked to stop the sa
       if (i > 300 || child.exitCode !== null) throw new Error(`not registered: ${err}`);
       await sleep(50);
     }
-    assert.equal(await waitRunning(await leaderOf('t-nsp-stop4')), 'running');
+    assert.equal(await waitSystemRunning(await leaderOf('t-nsp-stop4')), 'running');
     await call(client, { ...manager, member: 'TerminateMachine', signature: 's', body: ['t-nsp-stop4'] });
     assert.equal(await Promise.race([exited, timeout(30_000)]), 0, err);
     assert.match(err, /Container termination requested/);
@@ -194,7 +173,7 @@ test('stock systemd-nspawn registered with mctl-machined is asked to stop the sa
 test('after a restart of mctl-machined, TerminateMachine still halts the container cleanly (new service owner followed)', async () => {
   const c = await boot('t-nsp-stop5');
   try {
-    assert.equal(await waitRunning(await leaderOf('t-nsp-stop5')), 'running');
+    assert.equal(await waitSystemRunning(await leaderOf('t-nsp-stop5')), 'running');
     await stopMachined();
     await startMachined();
     // the restarted service reloads the machine from its state directory
