@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { compare } from './lib.mjs';
 
 const bin = (name) => fileURLToPath(new URL(`../bin/${name}`, import.meta.url));
-const nodeFloor = [process.execPath, '-e', '0'];
+// As bin/ starts Node: without NODE_EXTRA_CA_CERTS, whose parsing at start-up bin/ avoids.
+export const nodeFloor = ['env', '-u', 'NODE_EXTRA_CA_CERTS', process.execPath, '-e', '0'];
 
 export default async function run() {
   return [

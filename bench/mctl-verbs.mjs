@@ -57,7 +57,7 @@ async function inner() {
     }
     const runs = 10;
     const cmp = (name, mctlArgs, machinectlArgs) =>
-      compare({ name, runs, ours: () => time([process.execPath, `${root}/bin/mctl`, ...mctlArgs], env), reference: () => time(['machinectl', '--no-pager', ...machinectlArgs], env) });
+      compare({ name, runs, ours: () => time([`${root}/bin/mctl`, ...mctlArgs], env), reference: () => time(['machinectl', '--no-pager', ...machinectlArgs], env) });
     const results = [
       await cmp(`list (${MACHINES} machines) vs machinectl list`, ['list'], ['list']),
       await cmp('show NAME vs machinectl show NAME', ['show', 'bench-0'], ['show', 'bench-0']),
