@@ -130,6 +130,7 @@ int userns_config_key(struct config *c, int argc, char **argv);
 void userns_before_clone(struct config *c);
 void userns_after_clone(const struct config *c, pid_t pid);
 void userns_adopt(struct config *c, pid_t pid);
+void userns_release(const struct config *c);
 int userns_idmap_probe(const char *path);
 
 /* supervisor.c */

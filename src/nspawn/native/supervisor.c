@@ -121,6 +121,7 @@ static void finish(const struct config *c, int status, bool setup_failed, bool k
 {
 	restore_terminal();
 	cgroup_remove(cg_unified, cg_systemd);
+	userns_release(c);
 	/* a persistent --overlay's work dir: the container is gone, so is its use (nspawn removes it too) */
 	for (size_t i = 0; i < c->n_mounts; i++) {
 		const struct mount_op *m = &c->mounts[i];

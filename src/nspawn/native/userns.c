@@ -429,6 +429,20 @@ void userns_adopt(struct config *c, pid_t pid)
 		die("failed to take over the lock of UID range %lu", shift);
 }
 
+/* At the supervisor's end: remove the range's lock file while still holding the lock (as
+ * systemd's release_lock_file() does; a new locker re-checks the inode after locking), so the
+ * lock directory does not keep one file per range ever used. */
+void userns_release(const struct config *c)
+{
+	if (u.lock_fd < 0 || !u.lock_dir)
+		return;
+	char path[4096];
+	if ((size_t)snprintf(path, sizeof(path), "%s/%lu", u.lock_dir, c->uid_shift) < sizeof(path))
+		unlink(path);
+	close(u.lock_fd);
+	u.lock_fd = -1;
+}
+
 /* idmap-probe PATH: exit 0 when PATH's file system takes idmapped mounts (for ownership=auto on
  * file systems the launcher does not know). A throw-away user namespace carries the map. */
 int userns_idmap_probe(const char *path)
