@@ -25,6 +25,12 @@ export interface LaunchHooks {
   onAbort?: Array<() => Promise<void>>;
   /** Make the supervisor a D-Bus scope controller (answers Scope.RequestStop); see BusController. */
   busController?: BusController;
+  /**
+   * Lock files whose fds the supervisor inherits (FD_CLOEXEC cleared by a hook) and holds for the
+   * container's life; it removes each at its end when it can take it exclusively, as systemd's
+   * release_lock_file() does.
+   */
+  lockFiles?: ReadonlyArray<{ fd: number; path: string }>;
 }
 
 /**
@@ -238,6 +244,7 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
     throw err;
   }
   const busArgs = controller?.uniqueName && controller.trustedSenders.length > 0 ? ['bus-fd', String(busFd), ...controller.trustedSenders.flatMap((t) => ['bus-trust', t.name, t.owner])] : [];
-  execve(helper, ['mctl-nsexec', 'supervise', String(pid), fd, ...busArgs, ...args], env);
+  const lockArgs = (hooks.lockFiles ?? []).flatMap((l) => ['lock-file', String(l.fd), l.path]);
+  execve(helper, ['mctl-nsexec', 'supervise', String(pid), fd, ...busArgs, ...lockArgs, ...args], env);
   throw new Error('unreachable: execve returned');
 }

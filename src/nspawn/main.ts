@@ -192,6 +192,7 @@ runMain('mctl-nspawn', async () => {
       const ih = imageMod.imageLaunchHooks(image);
       hooks.afterNamespaces = [...(ih.afterNamespaces ?? []), ...(hooks.afterNamespaces ?? [])];
       hooks.onAbort = [...(ih.onAbort ?? []), ...(hooks.onAbort ?? [])];
+      hooks.lockFiles = image.lock.fds.map((fd, i) => ({ fd, path: image.lock.paths[i]! }));
     }
     if (netUsers.afterNamespaces.length > 0) {
       // Network links first (registration can then name them), lock hand-over last.

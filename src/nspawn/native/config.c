@@ -101,6 +101,14 @@ int config_parse(struct config *c, int argc, char **argv)
 			c->bus_trusted_owner[c->n_bus_trusted++] = argv[i + 2];
 			used = 3;
 		}
+		else if (!strcmp(k, "lock-file")) {
+			/* lock-file FD PATH */
+			NEED(2);
+			if (c->n_lock_files >= sizeof(c->lock_fd) / sizeof(c->lock_fd[0])) die("internal: too many lock files");
+			c->lock_fd[c->n_lock_files] = (int)parse_ulong(k, v, 10);
+			c->lock_path[c->n_lock_files++] = argv[i + 2];
+			used = 3;
+		}
 		else if (!strcmp(k, "env")) {
 			if (c->n_env >= MAX_ITEMS - 1) die("too many environment variables");
 			c->env[c->n_env++] = v;

@@ -76,6 +76,9 @@ struct config {
 	const char *bus_trusted_name[4];  /* well-known names whose owner's RequestStop is obeyed ... */
 	const char *bus_trusted_owner[4]; /* ... and their owners at registration (followed afterwards) */
 	size_t n_bus_trusted;
+	int lock_fd[4];          /* supervise: image lock files held for the container's life ... */
+	const char *lock_path[4]; /* ... removed at the end when we can take them exclusively */
+	size_t n_lock_files;
 	struct { int resource; unsigned long long soft, hard; } rlimits[16]; /* ~0ULL = infinity */
 	size_t n_rlimits;
 	bool has_oom_score_adjust;

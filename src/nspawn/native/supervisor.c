@@ -122,6 +122,14 @@ static void finish(const struct config *c, int status, bool setup_failed, bool k
 	restore_terminal();
 	cgroup_remove(cg_unified, cg_systemd);
 	userns_release(c);
+	/* the image's lock files, as systemd's release_lock_file(): the last holder (the one that can
+	 * take the lock exclusively) removes the file; a new locker re-checks the inode */
+	for (size_t i = 0; i < c->n_lock_files; i++) {
+		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+		if (fcntl(c->lock_fd[i], F_OFD_SETLK, &fl) == 0)
+			unlink(c->lock_path[i]);
+		close(c->lock_fd[i]);
+	}
 	/* a persistent --overlay's work dir: the container is gone, so is its use (nspawn removes it too) */
 	for (size_t i = 0; i < c->n_mounts; i++) {
 		const struct mount_op *m = &c->mounts[i];
