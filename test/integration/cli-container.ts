@@ -2,7 +2,7 @@
 // (stock systemd-nspawn booting the cached Debian tree under a tmpfs overlay, so the cached tree
 // is never written) registered with it through RegisterMachine, as a launcher would.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
@@ -64,10 +64,28 @@ export async function startService(): Promise<Service> {
         if (!exited) process.kill(daemon.pid, 'SIGKILL');
       }
       await bus.stop();
+      removeJournalLinksInto(pool);
       rmSync(pool, { recursive: true, force: true });
       rmSync(state, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Machines started by `mctl start` get container@.service's --link-journal=try-guest: the host's
+ * /var/log/journal/MACHINE-ID becomes a symlink into the tree (as with systemd-nspawn, it stays
+ * after the machine ends). Remove those pointing into a test pool before the pool goes.
+ */
+function removeJournalLinksInto(pool: string): void {
+  const dir = '/var/log/journal';
+  if (!existsSync(dir)) return;
+  for (const entry of readdirSync(dir)) {
+    try {
+      if (readlinkSync(join(dir, entry)).startsWith(`${pool}/`)) unlinkSync(join(dir, entry));
+    } catch {
+      // not a symlink
+    }
+  }
 }
 
 /** A small directory image with the identity files image-status reads. */

@@ -190,6 +190,9 @@ test('bad input: one line on stderr, exit 1, nothing left behind', async () => {
 
 test('--network-namespace-path: the container runs in that namespace (also under -U); the host\'s is untouched', async () => {
   const ns = `tnp${id}`;
+  // `ip netns add` makes /run/netns a mount point of its own on first use; undo that too.
+  const runNetnsWasMount = run(['mountpoint', '-q', '/run/netns']).status === 0;
+  const runNetnsExisted = existsSync('/run/netns');
   must(['ip', 'netns', 'add', ns]);
   try {
     must(['ip', '-n', ns, 'link', 'add', `tnpa${id}`, 'type', 'veth', 'peer', 'name', `tnpb${id}`]);
@@ -207,5 +210,7 @@ test('--network-namespace-path: the container runs in that namespace (also under
     assert.doesNotMatch(must(['ip', '-br', 'link']), new RegExp(`tnp[ab]${id}`), 'its links stay in that namespace');
   } finally {
     run(['ip', 'netns', 'del', ns]);
+    if (!runNetnsWasMount) run(['umount', '/run/netns']);
+    if (!runNetnsExisted) run(['rmdir', '/run/netns']);
   }
 });
