@@ -155,6 +155,16 @@ describe('mctl-machined registry', () => {
     process.kill(p.pid!, 0);
   });
 
+  it('a scope we created and then unregistered is removed once its processes are gone (as systemd collects it)', async () => {
+    const p = env.leader();
+    await env.manager('CreateMachine', 'sayssusa(sv)', createArgs('t-md-unreg2', p.pid!));
+    await env.manager('UnregisterMachine', 's', ['t-md-unreg2']);
+    const mine = () => testScopes().filter((s) => s.includes('t\\x2dmd\\x2dunreg2'));
+    assert.ok(mine().length > 0, 'the scope stays while its leader lives');
+    p.kill('SIGKILL');
+    await waitFor(() => mine().length === 0, 5000, 'the emptied scope removed');
+  });
+
   it('serves properties, Peer and an introspection that matches dbus-interfaces/', async () => {
     const pool = await call(env.client, { destination: MANAGER.destination, path: MANAGER.path, interface: 'org.freedesktop.DBus.Properties', member: 'Get', signature: 'ss', body: ['org.freedesktop.machine1.Manager', 'PoolPath'] });
     assert.equal((pool.body[0] as { value: string }).value, env.env['MCTL_POOL']);

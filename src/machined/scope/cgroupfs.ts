@@ -65,6 +65,11 @@ export class CgroupfsBackend implements ScopeBackend {
   private readonly controllers = new Map<string, string>();
   /** Machines whose leader's pidfd reported its exit. */
   private readonly exited = new Set<string>();
+  /**
+   * Scopes of ours whose machine was released while processes still lived there
+   * (UnregisterMachine): removed once empty, as systemd collects such a scope unit.
+   */
+  private readonly lingering = new Map<string, FSWatcher>();
 
   /** `bus`: where a scope's Controller= is asked to stop it (RequestStop), as systemd does. */
   constructor(
@@ -92,6 +97,7 @@ export class CgroupfsBackend implements ScopeBackend {
     if (cgroupExists(cgroup) && cgroupPopulated(cgroup)) {
       throw new BusError('org.freedesktop.systemd1.UnitExists', `Unit ${unit} already exists.`);
     }
+    this.stopLingering(cgroup); // an empty leftover directory of this name is reused
     createCgroup(cgroup);
     try {
       enableControllers(cgroup);
@@ -224,13 +230,42 @@ export class CgroupfsBackend implements ScopeBackend {
     this.controllers.delete(m.name);
     this.exited.delete(m.name);
     // Only the scopes we created are ours to remove, and only once nothing lives there.
-    if (m.ownsScope && m.cgroup && !cgroupPopulated(m.cgroup)) {
+    if (!m.ownsScope || !m.cgroup) return;
+    if (!cgroupPopulated(m.cgroup)) {
       try {
         await removeCgroupAsync(m.cgroup);
       } catch {
         // EBUSY: a process slipped in; the next start of this name reuses the directory
       }
+      return;
     }
+    this.lingerUntilEmpty(m.cgroup);
+  }
+
+  private lingerUntilEmpty(cgroup: string): void {
+    const events = cgroupEventsFile(cgroup);
+    if (!events || this.lingering.has(cgroup)) return; // without cgroup.events: sweepOrphans at the next start
+    try {
+      const watcher = fsWatch(events, () => {
+        if (cgroupPopulated(cgroup)) return;
+        this.stopLingering(cgroup);
+        removeCgroupAsync(cgroup).catch(() => undefined);
+      });
+      watcher.on('error', () => this.stopLingering(cgroup));
+      this.lingering.set(cgroup, watcher);
+    } catch {
+      return; // gone meanwhile
+    }
+    // It may have emptied between the check and the watch.
+    if (!cgroupPopulated(cgroup)) {
+      this.stopLingering(cgroup);
+      removeCgroupAsync(cgroup).catch(() => undefined);
+    }
+  }
+
+  private stopLingering(cgroup: string): void {
+    this.lingering.get(cgroup)?.close();
+    this.lingering.delete(cgroup);
   }
 
   async sweepOrphans(owned: ReadonlySet<string>): Promise<string[]> {
@@ -258,6 +293,7 @@ export class CgroupfsBackend implements ScopeBackend {
   }
 
   async close(): Promise<void> {
+    for (const cgroup of [...this.lingering.keys()]) this.stopLingering(cgroup);
     for (const w of this.watched.values()) {
       w.fsWatcher?.close();
       if (w.killTimer) clearTimeout(w.killTimer);
