@@ -70,8 +70,6 @@ export default async function run() {
     spawnSync('nft', ['delete', 'table', 'inet', 'mctlbench'], { stdio: 'ignore' });
     if (!natExisted) for (const f of ['ip', 'ip6']) spawnSync('nft', ['delete', 'table', f, 'io.systemd.nat'], { stdio: 'ignore' });
     rmSync(dir, { recursive: true, force: true });
-    // The last -U run's (empty) idmap mount point is otherwise only swept by the next start.
-    await import('../dist/nspawn/userns.js').then((m) => m.sweepIdmapDirs('/run/mctl-idmap')).catch(() => undefined);
   }
 }
 if (import.meta.url === `file://${process.argv[1]}`) await run();

@@ -33,18 +33,7 @@ export class LockFile {
 
   /** Take the lock without waiting; null when someone else holds it. */
   static tryAcquire(path: string, kind: LockKind = 'ofd'): LockFile | null {
-    return LockFile.open(path, false, kind);
-  }
-
-  /**
-   * Take the lock, waiting for the holder to let go. Blocks the thread: only for short-lived
-   * processes that hold nothing else; async code that may take the same lock twice (a service
-   * handling two events) must use acquireAsync, or it deadlocks against itself.
-   */
-  static acquire(path: string, kind: LockKind = 'ofd'): LockFile {
-    const lock = LockFile.open(path, true, kind);
-    if (!lock) throw new Error(`${path}: could not take lock`);
-    return lock;
+    return LockFile.open(path, kind);
   }
 
   /** Take the lock, polling for up to `ms` milliseconds (for locks held only briefly, e.g. by a collector). */
@@ -111,13 +100,14 @@ export class LockFile {
     return st.nlink > 0 && current !== undefined && current.ino === st.ino && current.dev === st.dev;
   }
 
-  private static open(path: string, wait: boolean, kind: LockKind): LockFile | null {
+  /** Open and lock without waiting (a waiting lock is acquireAsync's, off the event loop). */
+  private static open(path: string, kind: LockKind): LockFile | null {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     for (;;) {
       const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
       let locked = false;
       try {
-        locked = kind === 'ofd' ? ofdLock(fd, 'exclusive', wait) : flock(fd, 'exclusive', wait);
+        locked = kind === 'ofd' ? ofdLock(fd, 'exclusive') : flock(fd, 'exclusive');
         if (!locked) {
           closeSync(fd);
           return null;
