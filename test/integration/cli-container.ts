@@ -88,6 +88,19 @@ function removeJournalLinksInto(pool: string): void {
   }
 }
 
+/** PIDs of the processes started for machine NAME (their argv has `--machine=NAME`): the detached launcher and its restart loop. */
+export function launcherPids(name: string): string[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`--machine=${name}\0`);
+      } catch {
+        return false;
+      }
+    });
+}
+
 /** A small directory image with the identity files image-status reads. */
 export function makeTinyImage(pool: string, name: string): string {
   const p = join(pool, name);

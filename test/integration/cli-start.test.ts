@@ -2,10 +2,10 @@
 // mctl-machined, boots; then shell, the bus route of shell, terminate, and a failed start.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { debianTree } from '../helpers/images.js';
-import { startService, mctl, overlayImage, makeTinyImage, ptySpawn, MCTL, type Service } from './cli-container.js';
+import { startService, mctl, overlayImage, makeTinyImage, ptySpawn, launcherPids, MCTL, type Service } from './cli-container.js';
 
 const NAME = 't-cli-s1';
 let svc: Service;
@@ -124,18 +124,8 @@ test('terminate stops it: the machine and the launcher are gone', async () => {
     await new Promise((res) => setTimeout(res, 100));
   }
   // The launcher and its restart loop exit too.
-  const ours = (): string[] =>
-    readdirSync('/proc')
-      .filter((p) => /^\d+$/.test(p))
-      .filter((p) => {
-        try {
-          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`--machine=${NAME}\0`);
-        } catch {
-          return false;
-        }
-      });
-  while (ours().length > 0) {
-    assert.ok(Date.now() < deadline, `launcher processes left: ${ours().join(' ')}`);
+  while (launcherPids(NAME).length > 0) {
+    assert.ok(Date.now() < deadline, `launcher processes left: ${launcherPids(NAME).join(' ')}`);
     await new Promise((res) => setTimeout(res, 100));
   }
   const launchers = readFileSync('/proc/self/mountinfo', 'utf8');

@@ -3,9 +3,9 @@
 // with mctl-machined, and leave no loop device or mount behind once it is terminated.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { startService, mctl, type Service } from './cli-container.js';
+import { startService, mctl, launcherPids, type Service } from './cli-container.js';
 import { debianImage, copyImage, imageResidue, type ImageResidue } from '../helpers/raw-images.js';
 
 const NAME = 't-img-start';
@@ -20,27 +20,15 @@ before(async () => {
 
 after(async () => {
   mctl(svc, ['terminate', NAME]);
-  for (let i = 0; i < 100 && launcherPids().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 100 && launcherPids(NAME).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
   await svc?.stop();
   rmSync(`/run/mctl/log/${NAME}.log`, { force: true });
 });
 
-function launcherPids(): string[] {
-  return readdirSync('/proc')
-    .filter((p) => /^\d+$/.test(p))
-    .filter((p) => {
-      try {
-        return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`--machine=${NAME}\0`);
-      } catch {
-        return false;
-      }
-    });
-}
-
 test('start NAME boots NAME.raw with --image, detached, to a registered running machine', () => {
   const r = mctl(svc, ['start', NAME], { timeoutMs: 150_000 });
   assert.equal(r.status, 0, r.stderr);
-  const cmdline = readFileSync(`/proc/${launcherPids()[0]}/cmdline`, 'utf8').split('\0');
+  const cmdline = readFileSync(`/proc/${launcherPids(NAME)[0]}/cmdline`, 'utf8').split('\0');
   assert.ok(cmdline.includes(`--image=${join(svc.pool, `${NAME}.raw`)}`), cmdline.join(' '));
   assert.ok(!cmdline.some((a) => a.startsWith('--directory')), cmdline.join(' '));
   const state = mctl(svc, ['shell', NAME, '/bin/systemctl', 'is-system-running']);
@@ -54,8 +42,8 @@ test('terminate: the machine goes, and with it every loop device and mount of th
   const r = mctl(svc, ['terminate', NAME]);
   assert.equal(r.status, 0, r.stderr);
   const deadline = Date.now() + 20_000;
-  while (launcherPids().length > 0 || JSON.stringify(imageResidue(svc.pool)) !== JSON.stringify(clean)) {
-    assert.ok(Date.now() < deadline, `left after terminate: ${JSON.stringify({ launchers: launcherPids(), ...imageResidue(svc.pool) })}`);
+  while (launcherPids(NAME).length > 0 || JSON.stringify(imageResidue(svc.pool)) !== JSON.stringify(clean)) {
+    assert.ok(Date.now() < deadline, `left after terminate: ${JSON.stringify({ launchers: launcherPids(NAME), ...imageResidue(svc.pool) })}`);
     await new Promise((res) => setTimeout(res, 100));
   }
 });
