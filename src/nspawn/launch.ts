@@ -7,9 +7,9 @@
 // `mctl-nsexec supervise`, which takes the child's socket end over with pidfd_getfd and
 // releases it. Details and measurements: docs/nspawn-internals.md.
 import { existsSync, lstatSync, readFileSync, statSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
 import { capabilityMask } from './capabilities.js';
+import { loadExecve, nativeFile } from './exec-addon.js';
 import { containerEnvironment, formatUuid, resolveUser, ROOT_USER, type ResolvedUser } from './payload-env.js';
 import { INIT_CANDIDATES, type ContainerSpec } from './spec.js';
 
@@ -48,42 +48,10 @@ export interface BusController {
 
 export type { ContainerSpec };
 
-/** A file of dist/native, from dist/nspawn/launch.js or (tests via tsx) src/nspawn/launch.ts. */
-function nativeFile(name: string): string | undefined {
-  for (const base of ['../native/', '../../dist/native/']) {
-    const p = fileURLToPath(new URL(base + name, import.meta.url));
-    if (existsSync(p)) return p;
-  }
-  return undefined;
-}
-
 export function helperPath(): string {
   const p = nativeFile('mctl-nsexec');
   if (!p) throw new UserError('the native helper mctl-nsexec is missing', { hint: 'run npm run build' });
   return p;
-}
-
-type Execve = (path: string, argv: string[], env: Record<string, string>) => never;
-
-/**
- * execve() for the hand-over to the helper: the tiny addon (dist/native/mctl-exec.node, loads in
- * ~0.2 ms) when built, else koffi through src/sys/libc.ts (~12 ms to load).
- */
-async function loadExecve(): Promise<Execve> {
-  const addon = nativeFile('mctl-exec.node');
-  if (addon) {
-    const mod = { exports: {} as { execve?: (path: string, argv: string[], envp: string[]) => void } };
-    process.dlopen(mod, addon);
-    const fn = mod.exports.execve;
-    if (fn) {
-      return (path, argv, env) => {
-        fn(path, argv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
-        throw new Error(`execve ${path} returned`);
-      };
-    }
-  }
-  const { execve } = await import('../sys/libc.js');
-  return (path, argv, env) => execve(path, argv, env);
 }
 
 const hex = (n: bigint): string => n.toString(16);

@@ -12,6 +12,7 @@ import { setupResolvConf, setupTimezone, setupLinkJournal } from './host-integra
 import { credentialHostFiles, credentialEnvironment } from './credentials.js';
 import { defaultBoundingSet, CAPABILITY_NAMES } from './capabilities.js';
 import { SIGRTMIN } from './signals.js';
+import { stdioIsTerminal } from './exec-addon.js';
 import { RLIMIT_NAMES, type RlimitName } from './rlimits.js';
 import type { ConsoleMode, ContainerSpec } from './spec.js';
 
@@ -22,7 +23,7 @@ function say(quiet: boolean, line: string): void {
 }
 
 function resolveConsole(mode: OptionConsoleMode | undefined): ConsoleMode {
-  const tty = process.stdin.isTTY === true && process.stdout.isTTY === true;
+  const tty = stdioIsTerminal();
   if (mode === undefined) return tty ? 'interactive' : 'read-only';
   if (mode === 'autopipe') return tty ? 'interactive' : 'pipe';
   return mode;

@@ -1,5 +1,6 @@
-/* mctl-exec.node: the one call the launcher's start path needs from native code, execve(),
- * as a tiny Node-API addon. Loading it costs well under a millisecond; loading koffi to make
+/* mctl-exec.node: the calls the launcher's start path needs from native code, execve() and
+ * isatty(), as a tiny Node-API addon. isatty() because process.stdin.isTTY makes Node build
+ * the stdin stream, which loads its whole streams machinery (~4 ms of a ~45 ms start). Loading it costs well under a millisecond; loading koffi to make
  * the same call costs ~12 ms, a sixth of the whole start budget (docs/nspawn-internals.md).
  *
  * Node-API is a stable C ABI, so the few prototypes used are declared here instead of
@@ -26,6 +27,8 @@ napi_status napi_get_element(napi_env env, napi_value object, uint32_t index, na
 napi_status napi_create_function(napi_env env, const char *name, size_t length, napi_callback cb, void *data, napi_value *result);
 napi_status napi_set_named_property(napi_env env, napi_value object, const char *name, napi_value value);
 napi_status napi_throw_error(napi_env env, const char *code, const char *msg);
+napi_status napi_get_value_int32(napi_env env, napi_value value, int32_t *result);
+napi_status napi_get_boolean(napi_env env, _Bool value, napi_value *result);
 
 /* A JS string as a malloc'd C string (NULL on error). */
 static char *string_of(napi_env env, napi_value v)
@@ -86,11 +89,27 @@ static napi_value js_execve(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* isatty(fd) as a boolean. */
+static napi_value js_isatty(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value arg, result;
+	int32_t fd = -1;
+	if (napi_get_cb_info(env, info, &argc, &arg, NULL, NULL) != 0 || argc != 1 || napi_get_value_int32(env, arg, &fd) != 0) {
+		napi_throw_error(env, NULL, "isatty(fd) needs a file descriptor number");
+		return NULL;
+	}
+	napi_get_boolean(env, isatty(fd) == 1, &result);
+	return result;
+}
+
 napi_value napi_register_module_v1(napi_env env, napi_value exports);
 napi_value napi_register_module_v1(napi_env env, napi_value exports)
 {
 	napi_value fn;
 	if (napi_create_function(env, "execve", 6, js_execve, NULL, &fn) == 0)
 		napi_set_named_property(env, exports, "execve", fn);
+	if (napi_create_function(env, "isatty", 6, js_isatty, NULL, &fn) == 0)
+		napi_set_named_property(env, exports, "isatty", fn);
 	return exports;
 }
