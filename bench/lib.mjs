@@ -1,6 +1,9 @@
-// Shared side-by-side benchmark runner: runs "ours" and "reference" alternately (A B A B …) so
-// drift of a noisy machine hits both equally, and reports medians and the ratio ours/reference
-// pair by pair. Public tools only: this is plain Node timing whole processes.
+// Shared side-by-side benchmark runner: runs "ours" and "reference" in pairs whose order
+// alternates (A B, B A, A B, …) so drift of a noisy machine hits both equally, and reports
+// medians and the ratio ours/reference pair by pair. The order alternates because a run can
+// slow the next one down: measured on this VM, a systemd-nspawn run leaves the kernel work that
+// makes the next container start (ours or its own) 4-8 ms slower, and with a fixed A B order
+// that cost would always land on the same side. Public tools only: plain Node timing processes.
 import { spawnSync } from 'node:child_process';
 
 export function median(values) {
@@ -33,8 +36,10 @@ export async function compare({ name, ours, reference, runs = 10, warmup = 2, un
   const b = [];
   const ratios = [];
   for (let i = 0; i < runs; i++) {
-    const x = await measure(ours);
-    const y = await measure(reference);
+    const oursFirst = i % 2 === 0;
+    const first = await measure(oursFirst ? ours : reference);
+    const second = await measure(oursFirst ? reference : ours);
+    const [x, y] = oursFirst ? [first, second] : [second, first];
     a.push(x);
     b.push(y);
     ratios.push(x / y);
