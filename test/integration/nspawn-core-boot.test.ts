@@ -4,7 +4,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { debianTree } from '../helpers/images.js';
 import { launcherHostState } from '../helpers/host-state.js';
@@ -48,6 +48,9 @@ function boot(name: string, env: NodeJS.ProcessEnv = process.env): ChildProcess 
   return spawn(BIN, ['-q', '--register=no', '-x', '-b', '-M', name, '-D', tree], { stdio: 'ignore', env });
 }
 
+/** Hybrid cgroup layout (as on this VM): cgroup2 on /sys/fs/cgroup/unified plus v1 name=systemd. */
+const hybridHost = existsSync('/sys/fs/cgroup/unified/cgroup.procs') && existsSync('/sys/fs/cgroup/systemd/cgroup.procs');
+
 test('Debian boots to running; SIGTERM halts it, the launcher exits 0 and leaves nothing', async () => {
   const before = hostState();
   const marker = statSync(`${tree}/etc`).mtimeMs;
@@ -62,6 +65,12 @@ test('Debian boots to running; SIGTERM halts it, the launcher exits 0 and leaves
     const inside = spawnSync('nsenter', ['-t', String(leader), '-a', 'sh', '-c', 'cat /proc/1/cgroup; mkdir /sys/fs/cgroup/unified/t-probe && rmdir /sys/fs/cgroup/unified/t-probe && echo writable'], { encoding: 'utf8' });
     assert.match(inside.stdout, /^0::\/init\.scope$/m);
     assert.match(inside.stdout, /^writable$/m);
+    if (hybridHost) {
+      // systemd as PID 1 gets its own name=systemd (v1) subtree too, writable
+      assert.match(hostView, /^\d+:name=systemd:\/mctl-nspawn-t-nsc-boot\/init\.scope$/m);
+      const v1 = spawnSync('nsenter', ['-t', String(leader), '-a', 'sh', '-c', 'mkdir /sys/fs/cgroup/systemd/t-probe && rmdir /sys/fs/cgroup/systemd/t-probe && echo writable'], { encoding: 'utf8' });
+      assert.match(v1.stdout, /^writable$/m, v1.stderr);
+    }
     child.kill('SIGTERM');
     assert.equal(await Promise.race([exited, timeout(20_000)]), 0);
   } finally {

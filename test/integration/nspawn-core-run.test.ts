@@ -120,6 +120,43 @@ test('the container world: PID 1, hostname, API file systems, /dev, devpts, capa
   assert.match(out, /^SigBlk:\s+0000000000000000$/m);
 });
 
+test('a command container gets its own cgroup2 directory, delegated; on a hybrid host name=systemd stays read-only', async () => {
+  const hybrid = existsSync('/sys/fs/cgroup/unified/cgroup.procs') && existsSync('/sys/fs/cgroup/systemd/cgroup.procs');
+  const unified = hybrid ? '/sys/fs/cgroup/unified' : '/sys/fs/cgroup';
+  const script = [
+    `mkdir ${unified}/t-probe && rmdir ${unified}/t-probe && echo unified=writable`,
+    'mkdir /sys/fs/cgroup/systemd/t-probe 2>/dev/null && rmdir /sys/fs/cgroup/systemd/t-probe && echo v1=writable',
+    'awk \'$5=="/sys/fs/cgroup/systemd"{print "v1mount="$6}\' /proc/self/mountinfo',
+    'echo probed',
+    'sleep 30',
+  ].join('; ');
+  const before = hostState();
+  const child = spawn(BIN, ['-q', '--register=no', '--console=pipe', '--read-only', '-M', 't-nsc-cg', '-D', tree, '/bin/sh', '-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((r) => child.on('exit', r));
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  try {
+    const deadline = Date.now() + 10_000;
+    while (!/^probed$/m.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.match(out, /^unified=writable$/m);
+    // the host's view of the payload (the supervisor keeps its PID: the payload is its child)
+    const leader = Number(readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    const hostView = readFileSync(`/proc/${leader}/cgroup`, 'utf8');
+    assert.match(hostView, /^0::\/mctl-nspawn-t-nsc-cg$/m);
+    if (hybrid) {
+      // a v1 hierarchy has no CLONE_INTO_CGROUP: no migration (an RCU grace period) for it
+      assert.match(out, /^v1mount=ro,/m);
+      assert.doesNotMatch(out, /v1=writable/);
+      const v1 = (text: string): string | undefined => /^\d+:name=systemd:(.*)$/m.exec(text)?.[1];
+      assert.equal(v1(hostView), v1(readFileSync('/proc/self/cgroup', 'utf8')));
+    }
+  } finally {
+    child.kill('SIGTERM');
+    await exited;
+  }
+  assert.equal(hostState(), before);
+});
+
 test('the seccomp filter refuses what nspawn refuses (keyctl, swapoff) and no_new_privs is applied', () => {
   // perl-base is essential in Debian: raw syscalls without extra tools. swapoff (168) and
   // keyctl (250) on x86-64: EPERM from the filter, a different error without it.

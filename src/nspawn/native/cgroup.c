@@ -155,8 +155,9 @@ static void sweep_stale(const char *parent)
 	closedir(d);
 }
 
-/* mkdir + lock; 0, or -1 with errno. A sweeper may take a just-made directory for stale
- * between the two: then it is gone and we make it again. */
+/* mkdir + lock; the locked directory's fd (kept open: the lock lives as long as this
+ * supervisor), or -1 with errno. A sweeper may take a just-made directory for stale between the
+ * two: then it is gone and we make it again. */
 static int make_locked(const char *path)
 {
 	for (int tries = 0; tries < 3; tries++) {
@@ -166,7 +167,7 @@ static int make_locked(const char *path)
 		if (fd >= 0 && flock(fd, LOCK_EX) == 0) {
 			struct stat st;
 			if (stat(path, &st) == 0)
-				return 0; /* fd stays open: the lock lives as long as this supervisor */
+				return fd;
 		}
 		if (fd >= 0)
 			close(fd);
@@ -175,22 +176,35 @@ static int make_locked(const char *path)
 	return -1;
 }
 
-/* Create MOUNT/BASE/mctl-nspawn-NAME and move PID there. Returns 0 and fills created, or -1. */
-static int place_in(const char *mount, const char *base, const struct config *c, pid_t pid, char *created, size_t len)
+/* Make MOUNT/BASE/mctl-nspawn-NAME (or ...-NAME-PID when a container of that name runs) for the
+ * container; its locked fd, or -1 with errno. */
+static int create_in(const char *mount, const char *base, const struct config *c, char *created, size_t len)
 {
 	const char *sep = strcmp(base, "/") == 0 ? "" : base;
 	char parent[4096];
 	snprintf(parent, sizeof(parent), "%s%s", mount, sep);
 	sweep_stale(parent);
 	snprintf(created, len, "%s%s/mctl-nspawn-%s", mount, sep, c->name);
-	if (make_locked(created) < 0) {
-		if (errno != EEXIST)
-			return -1;
+	int fd = make_locked(created);
+	if (fd < 0 && errno == EEXIST) {
 		/* taken by a running container of the same name (names are unique only when registered) */
 		snprintf(created, len, "%s%s/mctl-nspawn-%s-%d", mount, sep, c->name, (int)getpid());
-		if (make_locked(created) < 0)
-			return -1;
+		fd = make_locked(created);
 	}
+	if (fd < 0) {
+		created[0] = '\0';
+		return -1;
+	}
+	if (c->userns)
+		chown_cgroup(created, (uid_t)c->uid_shift);
+	return fd;
+}
+
+/* Create MOUNT/BASE/mctl-nspawn-NAME and move PID there. Returns 0 and fills created, or -1. */
+static int place_in(const char *mount, const char *base, const struct config *c, pid_t pid, char *created, size_t len)
+{
+	if (create_in(mount, base, c, created, len) < 0)
+		return -1;
 	char procs[4200], num[32];
 	snprintf(procs, sizeof(procs), "%s/cgroup.procs", created);
 	snprintf(num, sizeof(num), "%d", (int)pid);
@@ -201,14 +215,56 @@ static int place_in(const char *mount, const char *base, const struct config *c,
 		errno = saved;
 		return -1;
 	}
-	if (c->userns)
-		chown_cgroup(created, (uid_t)c->uid_shift);
 	return 0;
 }
 
-int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2)
+/* The container's cgroup2 directory when it was made before the clone (cgroup_precreate). */
+static char precreated[4096];
+
+int cgroup_precreate(const struct config *c)
+{
+	precreated[0] = '\0';
+	const char *um = unified_mount();
+	char ours[4096];
+	if (*c->cgroup || !um || cgroup_of(0, "", ours, sizeof(ours)) < 0)
+		return -1;
+	return create_in(um, ours, c, precreated, sizeof(precreated));
+}
+
+void cgroup_precreate_unused(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+	if (precreated[0])
+		rmdir(precreated);
+	precreated[0] = '\0';
+}
+
+/* Is the cgroup2 path REL (from /proc/PID/cgroup) a mctl-nspawn-* directory right below OURS? */
+static bool ours_below(const char *ours, const char *rel)
+{
+	size_t n = strcmp(ours, "/") == 0 ? 0 : strlen(ours);
+	return strncmp(rel, ours, n) == 0 && strncmp(rel + n, "/mctl-nspawn-", 13) == 0 && !strchr(rel + n + 1, '/');
+}
+
+/* The name=systemd (v1) hierarchy of a hybrid host is only worth a migration when systemd runs
+ * in the container as PID 1 and needs its own subtree there: a v1 hierarchy has no
+ * CLONE_INTO_CGROUP. A command container keeps our cgroup in it, shown read-only. */
+static bool wants_systemd_hierarchy(const struct config *c)
+{
+	if (c->boot)
+		return true;
+	if (c->as_pid2 || c->argc == 0)
+		return false;
+	const char *slash = strrchr(c->argv[0], '/');
+	const char *base = slash ? slash + 1 : c->argv[0];
+	return !strcmp(base, "systemd") || !strcmp(base, "init");
+}
+
+int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2, bool *systemd_delegated)
 {
 	created_unified[0] = created_systemd[0] = '\0';
+	*systemd_delegated = true;
 	const char *um = unified_mount();
 	char ours[4096], theirs[4096];
 	if (*c->cgroup) {
@@ -227,13 +283,38 @@ int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_
 		}
 		return 0;
 	}
-	if (um && cgroup_of(0, "", ours, sizeof(ours)) == 0 && cgroup_of(pid, "", theirs, sizeof(theirs)) == 0 && strcmp(ours, theirs) == 0)
-		if (place_in(um, ours, c, pid, created_unified, len1) < 0)
-			return -1;
+	if (um && cgroup_of(0, "", ours, sizeof(ours)) == 0 && cgroup_of(pid, "", theirs, sizeof(theirs)) == 0) {
+		char full[8200];
+		snprintf(full, sizeof(full), "%s%s", um, theirs);
+		if (precreated[0] && !strcmp(full, precreated)) {
+			/* run mode: started there by clone3(CLONE_INTO_CGROUP), and we hold its lock */
+			snprintf(created_unified, len1, "%s", precreated);
+		} else if (precreated[0]) {
+			cgroup_precreate_unused(-1);
+		} else if (!strcmp(ours, theirs)) {
+			if (place_in(um, ours, c, pid, created_unified, len1) < 0)
+				return -1;
+		} else if (ours_below(ours, theirs)) {
+			/* supervise mode: `prepare` started it there and has exited, taking the lock along */
+			int fd = open(full, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+			if (fd < 0 || flock(fd, LOCK_EX) < 0)
+				return -1;
+			snprintf(created_unified, len1, "%s", full);
+		} else {
+			/* a manager (machined's scope) moved it: `prepare`'s directory is empty now */
+			const char *sep = strcmp(ours, "/") == 0 ? "" : ours;
+			char parent[8200];
+			snprintf(parent, sizeof(parent), "%s%s", um, sep);
+			sweep_stale(parent);
+		}
+	}
 	if (is_fs("/sys/fs/cgroup/systemd", CGROUP1_MAGIC) && cgroup_of(0, "name=systemd", ours, sizeof(ours)) == 0 &&
-	    cgroup_of(pid, "name=systemd", theirs, sizeof(theirs)) == 0 && strcmp(ours, theirs) == 0)
-		if (place_in("/sys/fs/cgroup/systemd", ours, c, pid, created_systemd, len2) < 0)
+	    cgroup_of(pid, "name=systemd", theirs, sizeof(theirs)) == 0 && strcmp(ours, theirs) == 0) {
+		if (!wants_systemd_hierarchy(c))
+			*systemd_delegated = false;
+		else if (place_in("/sys/fs/cgroup/systemd", ours, c, pid, created_systemd, len2) < 0)
 			return -1;
+	}
 	return 0;
 }
 
@@ -255,9 +336,8 @@ void cgroup_remove(const char *unified_path, const char *systemd_path)
 	}
 }
 
-int cgroup_mount_inside(const char *root, bool userns)
+int cgroup_mount_inside(const char *root, bool systemd_writable)
 {
-	(void)userns;
 	char dst[4096];
 	snprintf(dst, sizeof(dst), "%s/sys/fs/cgroup", root);
 	if (is_fs("/sys/fs/cgroup", CGROUP2_MAGIC))
@@ -287,7 +367,7 @@ int cgroup_mount_inside(const char *root, bool userns)
 				r = -1;
 		} else if (!strcmp(ctrls, "name=systemd")) {
 			snprintf(sub, sizeof(sub), "%s/systemd", dst);
-			if (mkdir(sub, 0755) < 0 || mount("cgroup", sub, "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, "none,name=systemd") < 0)
+			if (mkdir(sub, 0755) < 0 || mount("cgroup", sub, "cgroup", systemd_writable ? MS_NOSUID | MS_NODEV | MS_NOEXEC : ro, "none,name=systemd") < 0)
 				r = -1;
 		} else if (strncmp(ctrls, "name=", 5) != 0) {
 			snprintf(sub, sizeof(sub), "%s/%s", dst, ctrls);

@@ -379,16 +379,17 @@ static void setup_sys(void)
 	}
 }
 
-/* Moving a process between cgroups costs an RCU grace period per hierarchy (~10 ms here), so
- * the supervisor does it while we mount; the cgroup namespace needs it done. */
+/* The cgroup namespace needs the cgroups placed; most of the time they already are (clone3's
+ * CLONE_INTO_CGROUP), else the supervisor moves us while we mount (cgroup.c says why that costs). */
 static void setup_cgroup(const struct config *c, int sock)
 {
+	(void)c;
 	char tag = 0;
-	if (recv(sock, &tag, 1, 0) != 1 || tag != MSG_CGROUP)
+	if (recv(sock, &tag, 1, 0) != 1 || (tag != MSG_CGROUP && tag != MSG_CGROUP_SYSTEMD_RO))
 		_exit(1);
 	if (unshare(CLONE_NEWCGROUP) < 0)
 		fail("failed to create the cgroup namespace: %s", strerror(errno));
-	if (cgroup_mount_inside(root, c->userns) < 0)
+	if (cgroup_mount_inside(root, tag == MSG_CGROUP) < 0)
 		fail("failed to mount cgroup file systems: %s", strerror(errno));
 }
 

@@ -25,6 +25,8 @@
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <unistd.h>
+#include <linux/sched.h>
+#include <sys/syscall.h>
 
 struct clone_arg {
 	const struct config *c;
@@ -51,16 +53,37 @@ static void write_id_maps(const struct config *c, pid_t pid)
 		die("failed to write the gid map of the container: %s", strerror(errno));
 }
 
+/* clone() the container with FLAGS, started in the cgroup2 directory CGROUP_FD when it is >= 0
+ * (clone3's CLONE_INTO_CGROUP: no migration afterwards, see cgroup.c), else where we are. */
+static pid_t clone_into(int flags, int cgroup_fd, struct clone_arg *arg)
+{
+	if (cgroup_fd >= 0) {
+		struct clone_args ca = {
+			.flags = (unsigned long long)(flags & ~CSIGNAL) | CLONE_INTO_CGROUP,
+			.exit_signal = (unsigned long long)(flags & CSIGNAL),
+			.cgroup = (unsigned long long)cgroup_fd,
+		};
+		pid_t pid = (pid_t)syscall(SYS_clone3, &ca, sizeof(ca));
+		if (pid == 0)
+			child_entry(arg); /* like fork: the child runs on a copy of our stack */
+		if (pid > 0 || (errno != ENOSYS && errno != E2BIG && errno != EINVAL && errno != EOPNOTSUPP && errno != EBUSY))
+			return pid;
+		/* an older kernel, or a cgroup the child cannot start in: the supervisor moves it */
+		cgroup_precreate_unused(cgroup_fd);
+	}
+	size_t stack_size = 256 * 1024;
+	char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	if (stack == MAP_FAILED)
+		die("mmap: %s", strerror(errno));
+	return clone(child_entry, stack + stack_size, flags, arg);
+}
+
 static pid_t clone_container(const struct config *c, int sock, int parent_end, bool as_sibling)
 {
 	static struct clone_arg arg;
 	arg.c = c;
 	arg.sock = sock;
 	arg.keep_parent_end = parent_end;
-	size_t stack_size = 256 * 1024;
-	char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-	if (stack == MAP_FAILED)
-		die("mmap: %s", strerror(errno));
 	int flags = CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
 	if (c->private_network)
 		flags |= CLONE_NEWNET;
@@ -83,8 +106,11 @@ static pid_t clone_container(const struct config *c, int sock, int parent_end, b
 	} else {
 		flags |= CLONE_NEWNS;
 	}
-	pid_t pid = clone(child_entry, stack + stack_size, flags, &arg);
+	int cgroup_fd = cgroup_precreate(c);
+	pid_t pid = clone_into(flags, cgroup_fd, &arg);
 	int err = errno;
+	if (pid < 0)
+		cgroup_precreate_unused(cgroup_fd);
 	if (c->userns) {
 		/* back home; setns() resets root and working directory: restore both */
 		if (setns(home, CLONE_NEWNS) < 0)

@@ -90,6 +90,7 @@ struct config {
 /* Messages on the socketpair between supervisor and container child. */
 #define MSG_GO 'G'     /* supervisor -> child: maps, cgroups and hooks are done */
 #define MSG_CGROUP 'C' /* supervisor -> child: the cgroup is placed (sent while the child mounts) */
+#define MSG_CGROUP_SYSTEMD_RO 'c' /* ... and the v1 name=systemd hierarchy is not delegated */
 #define MSG_READY 'R'  /* child -> supervisor: setup done, fds attached (pty master, notify socket) */
 #define MSG_ERROR 'E'  /* child -> supervisor: one-line error text follows */
 
@@ -121,9 +122,11 @@ void child_main(const struct config *c, int sock) __attribute__((noreturn));
 void builder_main(const struct config *c, pid_t pid, int chan) __attribute__((noreturn));
 
 /* cgroup.c */
-int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2);
+int cgroup_precreate(const struct config *c); /* the container's cgroup2 dir fd for CLONE_INTO_CGROUP, or -1 */
+void cgroup_precreate_unused(int fd);
+int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2, bool *systemd_delegated);
 void cgroup_remove(const char *unified_path, const char *systemd_path);
-int cgroup_mount_inside(const char *root, bool userns);
+int cgroup_mount_inside(const char *root, bool systemd_writable);
 
 /* seccomp.c */
 int seccomp_install_default(uint64_t caps);

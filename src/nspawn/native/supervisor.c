@@ -191,7 +191,8 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 		waitpid(leader, NULL, 0);
 		die("the container process died before it could start");
 	}
-	if (cgroup_place(c, leader, cg_unified, sizeof(cg_unified), cg_systemd, sizeof(cg_systemd)) < 0) {
+	bool systemd_delegated = true;
+	if (cgroup_place(c, leader, cg_unified, sizeof(cg_unified), cg_systemd, sizeof(cg_systemd), &systemd_delegated) < 0) {
 		int saved = errno;
 		kill(leader, SIGKILL);
 		waitpid(leader, NULL, 0);
@@ -203,7 +204,7 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 		bus = -1;
 	}
 	/* if the child already failed, the loop below collects its message and status */
-	char placed = MSG_CGROUP;
+	char placed = systemd_delegated ? MSG_CGROUP : MSG_CGROUP_SYSTEMD_RO;
 	(void)send(sock, &placed, 1, MSG_NOSIGNAL);
 
 	int master = -1, slave = -1, notify = -1;
