@@ -297,8 +297,16 @@ int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_
 		} else if (ours_below(ours, theirs)) {
 			/* supervise mode: `prepare` started it there and has exited, taking the lock along */
 			int fd = open(full, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-			if (fd < 0 || flock(fd, LOCK_EX) < 0)
+			if (fd < 0)
 				return -1;
+			/* a sweeper of another start may hold it for a moment; never wait forever */
+			int tries = 0;
+			while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+				if (errno != EWOULDBLOCK || ++tries == 400)
+					return -1;
+				struct timespec ts = { 0, 5 * 1000 * 1000 };
+				nanosleep(&ts, NULL);
+			}
 			snprintf(created_unified, len1, "%s", full);
 		} else {
 			/* a manager (machined's scope) moved it: `prepare`'s directory is empty now */

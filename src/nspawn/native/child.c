@@ -32,6 +32,7 @@ extern char **environ;
 
 int child_parent_end = -1;
 int child_report_fd = -1;
+int child_cgroup_fd = -1;
 int child_bus_fd = -1;
 int child_builder_fd = -1;
 static int report_sock = -1;
@@ -816,6 +817,9 @@ void child_main(const struct config *c, int sock)
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	if (child_report_fd >= 0)
 		close(child_report_fd);
+	/* the cgroup directory's fd carries its flock: held by the supervisor, not by us */
+	if (child_cgroup_fd >= 0)
+		close(child_cgroup_fd);
 
 	char tag = 0;
 	ssize_t n = recv(sock, &tag, 1, 0);

@@ -60,9 +60,11 @@ static pid_t clone_into(int flags, int cgroup_fd, struct clone_arg *arg)
 	if (cgroup_fd >= 0) {
 		struct clone_args ca = {
 			.flags = (unsigned long long)(flags & ~CSIGNAL) | CLONE_INTO_CGROUP,
-			.exit_signal = (unsigned long long)(flags & CSIGNAL),
+			/* with CLONE_PARENT the child gets our own exit signal: clone3 wants 0 here */
+			.exit_signal = (flags & CLONE_PARENT) ? 0 : (unsigned long long)(flags & CSIGNAL),
 			.cgroup = (unsigned long long)cgroup_fd,
 		};
+		child_cgroup_fd = cgroup_fd;
 		pid_t pid = (pid_t)syscall(SYS_clone3, &ca, sizeof(ca));
 		if (pid == 0)
 			child_entry(arg); /* like fork: the child runs on a copy of our stack */

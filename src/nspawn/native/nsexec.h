@@ -116,6 +116,7 @@ int bus_dispatch(int fd);
 /* child.c: runs in the cloned container child; never returns. */
 extern int child_report_fd; /* prepare mode: the launcher's report pipe, not the container's business */
 extern int child_parent_end; /* the supervisor's socket end, closed by the child after GO */
+extern int child_cgroup_fd; /* the container's cgroup2 directory (CLONE_INTO_CGROUP), closed by the child */
 extern int child_bus_fd; /* prepare: the controller's bus connection, held until GO */
 extern int child_builder_fd; /* -U: where the builder hands over the root, console and notify fds */
 void child_main(const struct config *c, int sock) __attribute__((noreturn));
