@@ -1,6 +1,7 @@
 // The launcher's start-path native calls (dist/native/mctl-exec.node, loads in ~0.2 ms), with
-// slower pure-Node fallbacks for a tsc-only build: koffi for execve (~12 ms to load) and
-// process.std*.isTTY for isatty (~4 ms: Node builds the stream objects to answer it).
+// slower pure-Node fallbacks for a tsc-only build: koffi for execve (~12 ms to load),
+// process.std*.isTTY for isatty (~4 ms: Node builds the stream objects to answer it) and
+// node:child_process for running the helper's `prepare` (~5 ms to load).
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -16,6 +17,7 @@ export function nativeFile(name: string): string | undefined {
 interface ExecAddon {
   execve?: (path: string, argv: string[], envp: string[]) => void;
   isatty?: (fd: number) => boolean;
+  spawnReport?: (path: string, argv: string[], envp: string[]) => [number, string];
 }
 
 let addon: ExecAddon | null | undefined;
@@ -50,4 +52,22 @@ export function stdioIsTerminal(): boolean {
   const isatty = loadAddon()?.isatty;
   if (isatty) return isatty(0) && isatty(1);
   return process.stdin.isTTY === true && process.stdout.isTTY === true;
+}
+
+/** Exit status (128 + signal when killed) and what it wrote to its fd 3 (a pipe). */
+export interface ReportedRun {
+  status: number;
+  report: string;
+}
+
+/** Run PATH with our stdio and a pipe as fd 3, read it to its end and wait for PATH. */
+export async function spawnWithReport(path: string, argv: string[], env: Record<string, string>): Promise<ReportedRun> {
+  const fn = loadAddon()?.spawnReport;
+  if (fn) {
+    const [status, report] = fn(path, argv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
+    return { status, report };
+  }
+  const { spawnSync } = await import('node:child_process');
+  const r = spawnSync(path, argv.slice(1), { argv0: argv[0], env, stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
+  return { status: r.status ?? 128, report: r.output?.[3]?.toString() ?? '' };
 }

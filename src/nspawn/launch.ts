@@ -9,7 +9,7 @@
 import { existsSync, lstatSync, readFileSync, statSync } from 'node:fs';
 import { UserError } from '../common/errors.js';
 import { capabilityMask } from './capabilities.js';
-import { loadExecve, nativeFile } from './exec-addon.js';
+import { loadExecve, nativeFile, spawnWithReport } from './exec-addon.js';
 import { containerEnvironment, formatUuid, resolveUser, ROOT_USER, type ResolvedUser } from './payload-env.js';
 import { INIT_CANDIDATES, type ContainerSpec } from './spec.js';
 
@@ -177,17 +177,14 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
   const afterNamespaces = hooks.afterNamespaces ?? [];
   if (afterNamespaces.length === 0) execve(helper, ['mctl-nsexec', 'run', ...args], env);
 
-  // child_process costs a few ms to load: only the hook path needs it
-  const { spawnSync } = await import('node:child_process');
   const controller = hooks.busController;
   const prepareArgs = controller ? ['bus', controller.address, ...args] : args;
-  const r = spawnSync(helper, ['prepare', ...prepareArgs], { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
-  if (r.status !== 0) {
+  const { status, report } = await spawnWithReport(helper, ['mctl-nsexec', 'prepare', ...prepareArgs], env);
+  if (status !== 0) {
     // the helper's own line (a failed pick, idmap or mount) comes through the report pipe
-    const said = /^mctl-nspawn: (.+)$/m.exec(r.output[3]?.toString() ?? '');
+    const said = /^mctl-nspawn: (.+)$/m.exec(report);
     throw new UserError(said?.[1] ?? 'failed to create the container', { exitCode: 1 });
   }
-  const report = r.output[3]?.toString() ?? '';
   const m = /^(\d+) (\d+) (-?\d+) (\S+)\n$/.exec(report);
   if (!m) throw new Error(`unexpected report from mctl-nsexec: '${report}'`);
   const pid = Number(m[1]);

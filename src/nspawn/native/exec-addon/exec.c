@@ -1,12 +1,17 @@
-/* mctl-exec.node: the calls the launcher's start path needs from native code, execve() and
- * isatty(), as a tiny Node-API addon. isatty() because process.stdin.isTTY makes Node build
- * the stdin stream, which loads its whole streams machinery (~4 ms of a ~45 ms start). Loading it costs well under a millisecond; loading koffi to make
+/* mctl-exec.node: the calls the launcher's start path needs from native code, execve(),
+ * isatty() and a run-and-read-fd-3 spawn, as a tiny Node-API addon. isatty() because
+ * process.stdin.isTTY makes Node build the stdin stream, which loads its whole streams
+ * machinery (~4 ms of a ~35 ms start); the spawn because node:child_process costs ~5 ms to load
+ * on the networked start path, which only needs to run the helper's `prepare` once. Loading it costs well under a millisecond; loading koffi to make
  * the same call costs ~12 ms, a sixth of the whole start budget (docs/nspawn-internals.md).
  *
  * Node-API is a stable C ABI, so the few prototypes used are declared here instead of
  * depending on a header package being installed. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,6 +34,10 @@ napi_status napi_set_named_property(napi_env env, napi_value object, const char 
 napi_status napi_throw_error(napi_env env, const char *code, const char *msg);
 napi_status napi_get_value_int32(napi_env env, napi_value value, int32_t *result);
 napi_status napi_get_boolean(napi_env env, _Bool value, napi_value *result);
+napi_status napi_create_int32(napi_env env, int32_t value, napi_value *result);
+napi_status napi_create_string_utf8(napi_env env, const char *str, size_t length, napi_value *result);
+napi_status napi_create_array_with_length(napi_env env, size_t length, napi_value *result);
+napi_status napi_set_element(napi_env env, napi_value object, uint32_t index, napi_value value);
 
 /* A JS string as a malloc'd C string (NULL on error). */
 static char *string_of(napi_env env, napi_value v)
@@ -61,7 +70,17 @@ static char **vector_of(napi_env env, napi_value arr)
 	return v;
 }
 
-/* execve(path, argv, envp); Node sets FD_CLOEXEC on 0-2, which the new program must keep. */
+/* Stdio must reach the new program: Node marks 0-2 close-on-exec. */
+static void keep_stdio(void)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		int flags = fcntl(fd, F_GETFD);
+		if (flags >= 0)
+			fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+	}
+}
+
+/* execve(path, argv, envp). */
 static napi_value js_execve(napi_env env, napi_callback_info info)
 {
 	size_t argc = 3;
@@ -77,11 +96,7 @@ static napi_value js_execve(napi_env env, napi_callback_info info)
 		napi_throw_error(env, NULL, "execve: arguments must be a string and two arrays of strings");
 		return NULL;
 	}
-	for (int fd = 0; fd < 3; fd++) {
-		int flags = fcntl(fd, F_GETFD);
-		if (flags >= 0)
-			fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
-	}
+	keep_stdio();
 	execve(path, argv, envp);
 	char msg[512];
 	snprintf(msg, sizeof(msg), "execve %s: %s", path, strerror(errno));
@@ -103,6 +118,95 @@ static napi_value js_isatty(napi_env env, napi_callback_info info)
 	return result;
 }
 
+/* spawnReport(path, argv, envp) -> [status, text]: run PATH with our stdio and a pipe as fd 3,
+ * read that pipe to its end, wait; status is the exit code, or 128 + the signal. */
+static napi_value js_spawn_report(napi_env env, napi_callback_info info)
+{
+	size_t argc = 3;
+	napi_value args[3];
+	if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != 0 || argc != 3) {
+		napi_throw_error(env, NULL, "spawnReport(path, argv, envp) needs three arguments");
+		return NULL;
+	}
+	char *path = string_of(env, args[0]);
+	char **argv = vector_of(env, args[1]);
+	char **envp = vector_of(env, args[2]);
+	if (!path || !argv || !envp) {
+		napi_throw_error(env, NULL, "spawnReport: arguments must be a string and two arrays of strings");
+		return NULL;
+	}
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		napi_throw_error(env, "ESPAWN", "spawnReport: pipe failed");
+		return NULL;
+	}
+	if (p[1] <= 3) {
+		/* dup2 onto itself would keep FD_CLOEXEC: move the write end above 3 first */
+		int moved = fcntl(p[1], F_DUPFD_CLOEXEC, 4);
+		close(p[1]);
+		p[1] = moved;
+	}
+	keep_stdio();
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, p[1], 3);
+	posix_spawnattr_t attr;
+	posix_spawnattr_init(&attr);
+	sigset_t none, all;
+	sigemptyset(&none);
+	sigfillset(&all);
+	/* Node blocks nothing but ignores SIGPIPE and SIGXFSZ: defaults for the helper */
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &all);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	pid_t pid;
+	int err = posix_spawn(&pid, path, &fa, &attr, argv, envp);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	close(p[1]);
+	if (err != 0) {
+		close(p[0]);
+		char msg[512];
+		snprintf(msg, sizeof(msg), "spawn %s: %s", path, strerror(err));
+		napi_throw_error(env, "ESPAWN", msg);
+		return NULL;
+	}
+	size_t len = 0, cap = 4096;
+	char *text = malloc(cap);
+	for (;;) {
+		if (!text)
+			break;
+		if (len == cap) {
+			char *bigger = realloc(text, cap *= 2);
+			if (!bigger) {
+				free(text);
+				text = NULL;
+				break;
+			}
+			text = bigger;
+		}
+		ssize_t n = read(p[0], text + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(p[0]);
+	int status = 0;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	napi_value result, v;
+	napi_create_array_with_length(env, 2, &result);
+	napi_create_int32(env, code, &v);
+	napi_set_element(env, result, 0, v);
+	napi_create_string_utf8(env, text ? text : "", text ? len : 0, &v);
+	napi_set_element(env, result, 1, v);
+	free(text);
+	return result;
+}
+
 napi_value napi_register_module_v1(napi_env env, napi_value exports);
 napi_value napi_register_module_v1(napi_env env, napi_value exports)
 {
@@ -111,5 +215,7 @@ napi_value napi_register_module_v1(napi_env env, napi_value exports)
 		napi_set_named_property(env, exports, "execve", fn);
 	if (napi_create_function(env, "isatty", 6, js_isatty, NULL, &fn) == 0)
 		napi_set_named_property(env, exports, "isatty", fn);
+	if (napi_create_function(env, "spawnReport", 11, js_spawn_report, NULL, &fn) == 0)
+		napi_set_named_property(env, exports, "spawnReport", fn);
 	return exports;
 }
