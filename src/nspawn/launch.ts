@@ -6,7 +6,7 @@
 // (`prepare`: CLONE_PARENT) where it waits; we run the hooks with its PID, then execve() into
 // `mctl-nsexec supervise`, which takes the child's socket end over with pidfd_getfd and
 // releases it. Details and measurements: docs/nspawn-internals.md.
-import { existsSync, lstatSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import { UserError } from '../common/errors.js';
 import { capabilityMask } from './capabilities.js';
 import { loadExecve, nativeFile, spawnWithReport } from './exec-addon.js';
@@ -165,6 +165,19 @@ export function prepareHelperArgs(spec: ContainerSpec): string[] {
   return helperArgs(spec, user, containerEnvironment(spec, user, process.env['TERM']));
 }
 
+/** rmdir a cgroup once the processes just killed in it are gone (their exit takes a moment). */
+async function removeEmptiedCgroup(dir: string): Promise<void> {
+  for (let tries = 0; tries < 400; tries++) {
+    try {
+      rmdirSync(dir);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EBUSY') return;
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 /**
  * Start the container and become its supervisor. Does not return on success: this process is
  * replaced by the native supervisor and exits with the container's status.
@@ -185,12 +198,14 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
     const said = /^mctl-nspawn: (.+)$/m.exec(report);
     throw new UserError(said?.[1] ?? 'failed to create the container', { exitCode: 1 });
   }
-  const m = /^(\d+) (\d+) (-?\d+) (\S+)\n$/.exec(report);
+  const m = /^(\d+) (\d+) (-?\d+) (\S+) (\S+)\n$/.exec(report);
   if (!m) throw new Error(`unexpected report from mctl-nsexec: '${report}'`);
   const pid = Number(m[1]);
   const fd = m[2] ?? '';
   const busFd = Number(m[3]);
   if (controller) controller.uniqueName = busFd >= 0 && m[4] !== '-' ? m[4]! : null;
+  // the cgroup2 directory prepare started the container in (the supervisor adopts it)
+  const cgroupDir = m[5] !== '-' ? m[5] : undefined;
   try {
     for (const hook of afterNamespaces) await hook(pid);
   } catch (err) {
@@ -206,6 +221,7 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
         // keep undoing the rest
       }
     }
+    if (cgroupDir) await removeEmptiedCgroup(cgroupDir);
     throw err;
   }
   const busArgs = controller?.uniqueName && controller.trustedSenders.length > 0 ? ['bus-fd', String(busFd), ...controller.trustedSenders.flatMap((t) => ['bus-trust', t.name, t.owner])] : [];

@@ -231,6 +231,11 @@ int cgroup_precreate(const struct config *c)
 	return create_in(um, ours, c, precreated, sizeof(precreated));
 }
 
+const char *cgroup_precreated_path(void)
+{
+	return precreated;
+}
+
 void cgroup_precreate_unused(int fd)
 {
 	if (fd >= 0)

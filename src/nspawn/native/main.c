@@ -223,7 +223,8 @@ int main(int argc, char **argv)
 		userns_after_clone(&c, pid);
 		if (c.userns)
 			build_container(&c, pid, chan);
-		dprintf(3, "%d %d %d %s\n", (int)pid, sp[0], child_bus_fd, unique);
+		const char *cg = cgroup_precreated_path();
+		dprintf(3, "%d %d %d %s %s\n", (int)pid, sp[0], child_bus_fd, unique, *cg ? cg : "-");
 		_exit(0);
 	}
 	if (!strcmp(mode, "supervise") && argc >= 4) {

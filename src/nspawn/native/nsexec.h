@@ -125,6 +125,7 @@ void builder_main(const struct config *c, pid_t pid, int chan) __attribute__((no
 /* cgroup.c */
 int cgroup_precreate(const struct config *c); /* the container's cgroup2 dir fd for CLONE_INTO_CGROUP, or -1 */
 void cgroup_precreate_unused(int fd);
+const char *cgroup_precreated_path(void); /* "" when none */
 int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2, bool *systemd_delegated);
 void cgroup_remove(const char *unified_path, const char *systemd_path);
 int cgroup_mount_inside(const char *root, bool systemd_writable);
