@@ -98,7 +98,8 @@ export function startWatcher(w: NonNullable<LinkPlan['watcher']>): number {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
   // flock(1) keeps holding the lock while its command runs, so wait with `true` and only then collect.
-  return spawnDetached(['sh', '-c', 'flock -x "$0" true; exec "$@"', w.lock, ...w.argv], { ...env, ...w.env });
+  // /bin/sh, not sh: no PATH walk while posix_spawn's vfork holds this process
+  return spawnDetached(['/bin/sh', '-c', 'flock -x "$0" true; exec "$@"', w.lock, ...w.argv], { ...env, ...w.env });
 }
 
 /**
