@@ -59,7 +59,7 @@ function watcherPids(machine: string): number[] {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const argv = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-      if (argv.includes(lock) && (argv[0] === 'sh' || argv[0]?.endsWith('flock'))) pids.push(Number(entry));
+      if (argv.includes(lock) && /(^|\/)(sh|flock)$/.test(argv[0] ?? '')) pids.push(Number(entry));
     } catch {
       /* exited meanwhile */
     }
