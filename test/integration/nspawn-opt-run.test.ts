@@ -91,6 +91,13 @@ test('--read-only makes the root read-only; -E, --chdir, -u apply', () => {
   assert.ok(!existsSync(join(tree, 'probe')));
   const rw = sh('touch /probe && echo ok && rm /probe');
   assert.equal(rw.stdout, 'ok\n');
+  // a mount point missing from a read-only tree is not created in it (nspawn: EROFS); below our own tmpfs it is
+  const missing = sh('true', ['--read-only', '--bind-ro=/etc:/t-missing-point']);
+  assert.equal(missing.status, 1);
+  assert.match(missing.stderr, /^mctl-nspawn: cannot create the mount point \/t-missing-point in the read-only tree \(--read-only\): Read-only file system\n$/);
+  assert.ok(!existsSync(join(tree, 't-missing-point')));
+  const inTmpfs = sh('test -f /tmp/t-host/hostname && echo ok', ['--read-only', '--bind-ro=/etc:/tmp/t-host']);
+  assert.equal(inTmpfs.stdout, 'ok\n', inTmpfs.stderr);
   const env = sh('echo "$FOO|$BAR|$(pwd)|$(id -un)"', ['-E', 'FOO=one two', '--setenv=BAR=x=y', '--chdir=/usr/share', '-u', 'nobody']);
   assert.equal(env.status, 0, env.stderr);
   assert.equal(env.stdout, 'one two|x=y|/usr/share|nobody\n');

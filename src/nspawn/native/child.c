@@ -461,11 +461,40 @@ static void setup_tmp(void)
 	xmount("tmpfs", in_root("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME, "mode=1777,size=20%,nr_inodes=400k");
 }
 
+/* --read-only on a plain tree: its file system, whose mount points may not be created. */
+static bool read_only_tree;
+static dev_t read_only_tree_dev;
+
+/* A mount point missing from a --read-only tree would have to be created in it, on the host:
+ * refuse, as nspawn does (its root is read-only by then: EROFS). Missing points below our own
+ * tmpfs mounts (/run, /tmp, /dev, a --tmpfs) are fine. */
+static void refuse_creating_in_read_only_tree(const char *dst, const char *destination)
+{
+	if (!read_only_tree)
+		return;
+	char path[4096];
+	snprintf(path, sizeof(path), "%s", dst);
+	struct stat st;
+	if (lstat(path, &st) == 0)
+		return; /* nothing to create */
+	for (;;) {
+		char *slash = strrchr(path, '/');
+		if (!slash)
+			return;
+		*slash = '\0';
+		if (lstat(*path ? path : "/", &st) == 0)
+			break;
+	}
+	if (st.st_dev == read_only_tree_dev)
+		fail("cannot create the mount point %s in the read-only tree (--read-only): %s", destination, strerror(EROFS));
+}
+
 static void apply_mount_ops(const struct config *c)
 {
 	for (size_t i = 0; i < c->n_mounts; i++) {
 		const struct mount_op *m = &c->mounts[i];
 		const char *dst = in_root(m->destination);
+		refuse_creating_in_read_only_tree(dst, m->destination);
 		switch (m->kind) {
 		case MOUNT_BIND:
 			ensure_mount_point(m->source, dst);
@@ -697,6 +726,8 @@ static void build_tree(const struct config *c, int sock, int *fds, size_t *n_fds
 	struct stat st;
 	if (stat(root, &st) < 0 || !S_ISDIR(st.st_mode))
 		fail("directory %s does not exist", root);
+	read_only_tree = c->read_only_root && c->root_layer == ROOT_PLAIN;
+	read_only_tree_dev = st.st_dev;
 	assemble_root(c);
 	xmount(root, root, NULL, MS_BIND | MS_REC, NULL);
 
