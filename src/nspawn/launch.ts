@@ -117,6 +117,7 @@ export function helperArgs(spec: ContainerSpec, user: ResolvedUser, env: readonl
         break;
     }
   }
+  for (const f of spec.loopbackForwards ?? []) a.push('proxy6', String(f.hostPort), f.address, String(f.port));
   a.push('--', ...spec.payload.argv);
   return a;
 }

@@ -132,7 +132,7 @@ runMain('mctl-nspawn', async () => {
     const integration = [...setupResolvConf(o.resolvConf ?? 'auto', ctx), ...setupTimezone(o.timezone ?? 'auto', ctx), ...journal.mounts];
     netUsers = network
       ? await network.prepareNetworkAndUserns({ machineName, root, network: o.network, userns: o.userns, treeWritable: plan.treeWritable })
-      : { privateNetwork: false, hostLikeConnectivity: false, userNamespace: null, root, afterNamespaces: [], onAbort: [], cleanup: async () => undefined };
+      : { privateNetwork: false, hostLikeConnectivity: false, userNamespace: null, root, afterNamespaces: [], onAbort: [], loopbackForwards: [], cleanup: async () => undefined };
     const startMode = o.startMode ?? 'pid1';
     const credentials = o.credentials ?? [];
     const spec: ContainerSpec = {
@@ -153,6 +153,7 @@ runMain('mctl-nspawn', async () => {
       console: resolveConsole(o.console),
       killSignal: o.killSignal ?? (startMode === 'boot' ? SIGRTMIN + 3 : SIGKILL),
       namespaces: { privateNetwork, userNamespace: netUsers.userNamespace },
+      loopbackForwards: netUsers.loopbackForwards,
       mounts: [...integration, ...plan.mounts],
       capabilities: { bounding: boundingSet(o, privateNetwork), ambient: [] },
       noNewPrivileges: o.noNewPrivileges ?? false,

@@ -120,7 +120,8 @@ Networking:
      --network-namespace-path=PATH
                             Run in the network namespace at PATH
   -p --port=[tcp|udp:]HOST[:CONTAINER]
-                            Forward a host port to the container (IPv4 and IPv6, also from 127.0.0.1)
+                            Forward a host port to the container (IPv4 and IPv6, also from
+                            127.0.0.1 and, for TCP, [::1])
      --network-auto=BOOL    Give veth/zone containers addresses, default routes, NAT and a
                             resolv.conf (default yes; say no when systemd-networkd does it)
 
@@ -177,6 +178,13 @@ export function needsHostSetup(p: NetworkPlan): boolean {
   return p.veth || p.vethExtra.length > 0 || p.interfaces.length > 0 || p.macvlan.length > 0 || p.ipvlan.length > 0;
 }
 
+/** A forward from [::1]:hostPort to the container's address:port (src/nspawn/native/proxy.c). */
+export interface LoopbackForward {
+  hostPort: number;
+  address: string;
+  port: number;
+}
+
 export interface NetworkRuntime {
   /** Before the container exists: allocation, state file, and the nft rules (applied while it is being created). */
   reserve(): Promise<void>;
@@ -188,6 +196,8 @@ export interface NetworkRuntime {
   lockFd(): number | null;
   /** What was set up (addresses for registration / status), once afterNamespaces ran. */
   network(): MachineNetwork | null;
+  /** TCP forwards the supervisor serves on [::1] (the kernel cannot DNAT it), once reserved. */
+  loopbackForwards(): LoopbackForward[];
 }
 
 export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRuntime {
@@ -219,6 +229,11 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
     },
     lockFd: () => (net ? net.lock.fd : null),
     network: () => net,
+    loopbackForwards: () => {
+      const state = reservation?.state ?? net?.state;
+      const to = state?.ipv6?.address;
+      return to ? (state?.ports ?? []).filter((p) => p.protocol === 'tcp').map((p) => ({ hostPort: p.hostPort, address: to, port: p.containerPort })) : [];
+    },
   };
 }
 
@@ -243,6 +258,8 @@ export interface NetUsernsSetup {
   root: string;
   afterNamespaces: Array<(leaderPid: number) => Promise<void>>;
   onAbort: Array<() => Promise<void>>;
+  /** For ContainerSpec.loopbackForwards. */
+  loopbackForwards: LoopbackForward[];
   /** Undo for a failure before launch() was reached. */
   cleanup(): Promise<void>;
   /** Host-side interface indices, filled once the network is set up (for RegisterMachineWithNetwork). */
@@ -286,6 +303,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
     root: input.root,
     afterNamespaces: [],
     onAbort: [cleanup],
+    loopbackForwards: [],
     cleanup,
     netifIndices,
   };
@@ -305,6 +323,7 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       undo.push(() => runtime.teardown());
       // Addresses and rules now, so the nft transaction runs while the container is created.
       await runtime.reserve();
+      setup.loopbackForwards = runtime.loopbackForwards();
       setup.afterNamespaces.push(async (pid) => {
         await runtime.afterNamespaces(pid);
         const net = runtime.network();

@@ -152,6 +152,11 @@ export interface ContainerSpec {
   /** Signal number sent to the container's PID 1 when we are asked to stop (SIGTERM/SIGINT to the launcher). */
   killSignal: number;
   namespaces: NamespaceSpec;
+  /**
+   * --port forwards the supervisor serves on the host's [::1] (TCP), relaying to the container's
+   * IPv6 address: nftables cannot DNAT ::1 (see native/proxy.c).
+   */
+  loopbackForwards?: ReadonlyArray<{ hostPort: number; address: string; port: number }>;
   mounts: MountOp[];
   capabilities: CapabilitySpec;
   /** PR_SET_NO_NEW_PRIVS for the payload (--no-new-privileges). */

@@ -97,7 +97,7 @@ async function waitClean(name: string): Promise<string[]> {
 
 const exited = (p: ChildProcess): Promise<unknown> => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((res) => p.once('exit', res)));
 
-test('--network-veth + --port: MACs, NAT to the outside, forwards from another netns and 127.0.0.1; all gone after stop', async () => {
+test('--network-veth + --port: MACs, NAT to the outside, forwards from another netns, 127.0.0.1 and [::1]; all gone after stop', async () => {
   const name = `t-netl-${id}-a`;
   const hp = 21000 + r * 10;
   const p = await startContainer(name, ['--network-veth', `-p`, `tcp:${hp}:8080`, `--port=udp:${hp}:8080`]);
@@ -115,6 +115,9 @@ test('--network-veth + --port: MACs, NAT to the outside, forwards from another n
   assert.equal(query(outside, 'udp', `${outV4}1`, hp), `${name} ${outV4}2`);
   assert.equal(query(null, 'tcp', '127.0.0.1', hp), `${name} ${s.ipv4.gateway}`);
   assert.equal(query(null, 'udp', '127.0.0.1', hp), `${name} ${s.ipv4.gateway}`);
+  // ::1 cannot be DNATed: the supervisor relays TCP from [::1]:PORT (it connects from the host side's address)
+  assert.equal(query(null, 'tcp', '::1', hp), `${name} ${s.ipv6.gateway}`);
+  assert.equal(query(null, 'tcp', '::1', hp), `${name} ${s.ipv6.gateway}`, 'and again: the listener stays');
   assert.equal(query(null, 'tcp', `${outV6}1`, hp), `${name} ${outV6}1`, 'the host reaches the forward on its own IPv6 address');
   p.kill('SIGTERM');
   await exited(p);

@@ -168,6 +168,14 @@ int config_parse(struct config *c, int argc, char **argv)
 			f->hex = argv[i + 4][0] == 'x';
 			f->content = argv[i + 5];
 			used = 6;
+		} else if (!strcmp(k, "proxy6")) {
+			/* proxy6 HOSTPORT ADDRESS PORT (proxy.c) */
+			NEED(3);
+			if (c->n_proxies >= sizeof(c->proxies) / sizeof(c->proxies[0])) die("internal: too many forwards");
+			c->proxies[c->n_proxies].host_port = (int)parse_ulong(k, v, 10);
+			c->proxies[c->n_proxies].address = argv[i + 2];
+			c->proxies[c->n_proxies++].container_port = (int)parse_ulong(k, argv[i + 3], 10);
+			used = 4;
 		} else if (!(used = userns_config_key(c, argc - i, argv + i))) die("internal: unknown key '%s'", k);
 #undef NEED
 		i += used;

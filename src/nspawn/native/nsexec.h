@@ -83,6 +83,8 @@ struct config {
 	size_t n_rlimits;
 	bool has_oom_score_adjust;
 	int oom_score_adjust;
+	struct { int host_port; const char *address; int container_port; } proxies[16]; /* proxy.c */
+	size_t n_proxies;
 	char *const *argv; /* payload argv (NULL-terminated); may be empty */
 	size_t argc;
 };
@@ -129,6 +131,13 @@ const char *cgroup_precreated_path(void); /* "" when none */
 int cgroup_place(const struct config *c, pid_t pid, char *created_unified, size_t len1, char *created_systemd, size_t len2, bool *systemd_delegated);
 void cgroup_remove(const char *unified_path, const char *systemd_path);
 int cgroup_mount_inside(const char *root, bool systemd_writable);
+
+/* proxy.c: [::1]:PORT forwards relayed to the container's IPv6 address */
+struct pollfd;
+void proxy_setup(const struct config *c);
+size_t proxy_pollfds(struct pollfd *p, size_t max);
+void proxy_dispatch(const struct pollfd *p, size_t n);
+#define PROXY_MAX_POLLFDS (16 + 2 * 64)
 
 /* seccomp.c */
 int seccomp_install_default(uint64_t caps);

@@ -185,6 +185,7 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 		die("signalfd: %s", strerror(errno));
 	}
 
+	proxy_setup(c);
 	char go = MSG_GO;
 	if (send(sock, &go, 1, MSG_NOSIGNAL) != 1) {
 		kill(leader, SIGKILL);
@@ -220,7 +221,7 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 	bool exited = false;
 
 	while (!exited) {
-		struct pollfd p[6];
+		struct pollfd p[6 + PROXY_MAX_POLLFDS];
 		int n = 0;
 		int i_sig = n; p[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
 		int i_sock = -1, i_master = -1, i_stdin = -1, i_notify = -1, i_bus = -1;
@@ -229,6 +230,9 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 		if (master >= 0) { i_master = n; p[n++] = (struct pollfd){ .fd = master, .events = POLLIN }; }
 		if (master >= 0 && stdin_open) { i_stdin = n; p[n++] = (struct pollfd){ .fd = 0, .events = POLLIN }; }
 		if (notify >= 0) { i_notify = n; p[n++] = (struct pollfd){ .fd = notify, .events = POLLIN }; }
+		int i_proxy = n;
+		size_t n_proxy = proxy_pollfds(p + n, PROXY_MAX_POLLFDS);
+		n += (int)n_proxy;
 		if (poll(p, (nfds_t)n, stop_pending ? 20 : -1) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -296,6 +300,8 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 					stop_pending = request_stop(c, leader);
 			}
 		}
+		if (n_proxy > 0)
+			proxy_dispatch(p + i_proxy, n_proxy);
 		if (i_master >= 0 && p[i_master].revents) {
 			char buf[4096];
 			ssize_t r = read(master, buf, sizeof(buf));
