@@ -3,6 +3,25 @@
 // so every part goes through here.
 import type { MessageBus, Message as MessageType } from 'dbus-next';
 import dbus from 'dbus-next';
+import usocket from 'usocket';
+
+/**
+ * usocket closes its socket with uv_close() on a uv_poll_t inside its native wrap and drops the
+ * wrap at once; a garbage collection before libuv's close phase frees the handle while it is
+ * still queued, and libuv aborts ("uv__finish_close: Assertion ... UV_HANDLE_CLOSING",
+ * SIGABRT; seen in CI in a test process at exit). Keep each closed wrap referenced until a
+ * timer (which runs after the close phase) lets it go.
+ */
+const closing = new Set<object>();
+const destroy = usocket.USocket.prototype.destroy;
+usocket.USocket.prototype.destroy = function retainWhileClosing(this: { _wrap: object | null }) {
+  const wrap = this._wrap;
+  destroy.call(this);
+  if (wrap) {
+    closing.add(wrap);
+    setTimeout(() => closing.delete(wrap), 50).unref();
+  }
+};
 
 export const DEFAULT_SYSTEM_BUS = 'unix:path=/run/dbus/system_bus_socket';
 export const DEFAULT_CALL_TIMEOUT_MS = 25_000;
