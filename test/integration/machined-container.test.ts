@@ -196,8 +196,12 @@ describe('mctl-machined with a booted systemd container', { timeout: 180_000 }, 
 
   it('TerminateMachine stops the container and the machine goes away', async () => {
     const exited = new Promise((r) => nspawn!.once('exit', r));
+    const t0 = Date.now();
     await env.manager('TerminateMachine', 's', [NAME]);
     await exited;
+    // the launcher in the unit got the signal and halted its container cleanly (no SIGKILL after the 15 s stop timeout)
+    assert.equal(nspawn!.exitCode, 0, `systemd-nspawn exited with ${nspawn!.exitCode ?? nspawn!.signalCode}`);
+    assert.ok(Date.now() - t0 < 10_000, `the stop took ${Date.now() - t0} ms`);
     await waitFor(() => signals.some((s) => s.member === 'MachineRemoved' && s.name === NAME), 20_000, 'MachineRemoved');
     await expectDBusError(env.manager('GetMachine', 's', [NAME]), 'org.freedesktop.machine1.NoSuchMachine');
     assert.ok(!existsSync(join(env.stateDir, NAME)));

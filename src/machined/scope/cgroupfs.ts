@@ -4,7 +4,7 @@
 // cgroup.events ("populated 0", inotify) and the leader's pidfd. Stopping follows systemd's
 // scope semantics: RequestStop to the scope's Controller= when it has one, else KillSignal= to
 // every process; SIGKILL for what is left after the stop timeout.
-import { readFileSync, readdirSync, watch as fsWatch, type FSWatcher } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, watch as fsWatch, type FSWatcher } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import {
   attachProcess,
@@ -53,6 +53,31 @@ function signalAll(pids: readonly number[], signal: number): void {
       // exited in the meantime
     }
   }
+}
+
+/**
+ * Who gets a stop's first signal. When the unit holds the container's launcher next to the
+ * container (nspawn under --keep-unit, as in container@.service), only the processes outside
+ * the container's PID namespace: the launcher shuts its container down, as the unit's
+ * KillMode=mixed has systemd do. Signalling the guest too made its systemd re-execute on SIGTERM
+ * instead of halting (and killed its services unordered), so the halt could be lost and the
+ * stop end in SIGKILL after the timeout. Otherwise every process, as a scope stop does.
+ */
+function firstStopTargets(pids: readonly number[], leader: number): number[] {
+  const pidns = (pid: number): string | null => {
+    try {
+      return readlinkSync(`/proc/${pid}/ns/pid`);
+    } catch {
+      return null;
+    }
+  };
+  const guest = leader > 1 ? pidns(leader) : null;
+  if (!guest || guest === pidns(process.pid)) return [...pids];
+  const outside = pids.filter((p) => {
+    const ns = pidns(p);
+    return ns !== null && ns !== guest;
+  });
+  return outside.length > 0 ? outside : [...pids];
 }
 
 export class CgroupfsBackend implements ScopeBackend {
@@ -180,7 +205,7 @@ export class CgroupfsBackend implements ScopeBackend {
     if (!(await this.requestStop(m))) {
       const saved = m.cgroup ? Number(await loadStopSetting(m.cgroup, XATTR_KILL_SIGNAL)) : NaN;
       const signal = this.killSignals.get(m.name) ?? (saved > 0 ? saved : osConstants.signals.SIGTERM);
-      const pids = m.cgroup ? cgroupPids(m.cgroup) : [m.leader];
+      const pids = m.cgroup ? firstStopTargets(cgroupPids(m.cgroup), m.leader) : [m.leader];
       signalAll(pids, signal);
       signalAll(pids, osConstants.signals.SIGCONT);
     }
