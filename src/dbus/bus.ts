@@ -13,14 +13,22 @@ import usocket from 'usocket';
  * timer (which runs after the close phase) lets it go.
  */
 const closing = new Set<object>();
-const destroy = usocket.USocket.prototype.destroy;
-usocket.USocket.prototype.destroy = function retainWhileClosing(this: { _wrap: object | null }) {
+function retainWhileClosing(wrap: object | null): void {
+  if (!wrap) return;
+  closing.add(wrap);
+  setTimeout(() => closing.delete(wrap), 50).unref();
+}
+const { destroy, _wrapEvent: wrapEvent } = usocket.USocket.prototype;
+usocket.USocket.prototype.destroy = function destroyRetained(this: { _wrap: object | null }) {
   const wrap = this._wrap;
   destroy.call(this);
-  if (wrap) {
-    closing.add(wrap);
-    setTimeout(() => closing.delete(wrap), 50).unref();
-  }
+  retainWhileClosing(wrap);
+};
+// its error path closes the wrap without destroy()
+usocket.USocket.prototype._wrapEvent = function wrapEventRetained(this: { _wrap: object | null }, event: string, a0?: unknown, a1?: unknown) {
+  const wrap = this._wrap;
+  wrapEvent.call(this, event, a0, a1);
+  if (this._wrap === null) retainWhileClosing(wrap);
 };
 
 export const DEFAULT_SYSTEM_BUS = 'unix:path=/run/dbus/system_bus_socket';
