@@ -32,6 +32,11 @@ function loadAddon(): ExecAddon | null {
   return addon;
 }
 
+/** An environment as execve() takes it. */
+function envp(env: Record<string, string>): string[] {
+  return Object.entries(env).map(([k, v]) => `${k}=${v}`);
+}
+
 export type Execve = (path: string, argv: string[], env: Record<string, string>) => never;
 
 /** execve() replacing this process; throws when it fails. */
@@ -39,7 +44,7 @@ export async function loadExecve(): Promise<Execve> {
   const fn = loadAddon()?.execve;
   if (fn) {
     return (path, argv, env) => {
-      fn(path, argv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
+      fn(path, argv, envp(env));
       throw new Error(`execve ${path} returned`);
     };
   }
@@ -64,7 +69,7 @@ export interface ReportedRun {
 export async function spawnWithReport(path: string, argv: string[], env: Record<string, string>): Promise<ReportedRun> {
   const fn = loadAddon()?.spawnReport;
   if (fn) {
-    const [status, report] = fn(path, argv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
+    const [status, report] = fn(path, argv, envp(env));
     return { status, report };
   }
   const { spawnSync } = await import('node:child_process');

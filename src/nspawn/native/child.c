@@ -382,9 +382,8 @@ static void setup_sys(void)
 
 /* The cgroup namespace needs the cgroups placed; most of the time they already are (clone3's
  * CLONE_INTO_CGROUP), else the supervisor moves us while we mount (cgroup.c says why that costs). */
-static void setup_cgroup(const struct config *c, int sock)
+static void setup_cgroup(int sock)
 {
-	(void)c;
 	char tag = 0;
 	if (recv(sock, &tag, 1, 0) != 1 || (tag != MSG_CGROUP && tag != MSG_CGROUP_SYSTEMD_RO))
 		_exit(1);
@@ -738,7 +737,7 @@ static void build_tree(const struct config *c, int sock, int *fds, size_t *n_fds
 	setup_dev(c);
 	setup_tmp();
 	if (!c->userns)
-		setup_cgroup(c, sock);
+		setup_cgroup(sock);
 	apply_mount_ops(c);
 
 	if (c->console != CONSOLE_PIPE) {
@@ -829,7 +828,7 @@ static void enter_built_tree(const struct config *c, int sock, int *fds, size_t 
 	 * container's) and relative ones the container's */
 	root = ".";
 	setup_proc(c);
-	setup_cgroup(c, sock);
+	setup_cgroup(sock);
 	if (chroot(".") < 0 || chdir("/") < 0)
 		fail("failed to change into the container's root: %s", strerror(errno));
 }

@@ -1,14 +1,16 @@
 /* mctl-exec.node: the calls the launcher's start path needs from native code, execve(),
- * isatty() and a run-and-read-fd-3 spawn, as a tiny Node-API addon. isatty() because
- * process.stdin.isTTY makes Node build the stdin stream, which loads its whole streams
- * machinery (~4 ms of a ~35 ms start); the spawn because node:child_process costs ~5 ms to load
- * on the networked start path, which only needs to run the helper's `prepare` once. Loading it costs well under a millisecond; loading koffi to make
- * the same call costs ~12 ms, a sixth of the whole start budget (docs/nspawn-internals.md).
+ * isatty() and a run-and-read-fd-3 spawn, as a tiny Node-API addon. Loading it costs well under
+ * a millisecond; loading koffi to make the same execve() call costs ~12 ms, a sixth of the whole
+ * start budget (docs/nspawn-internals.md). isatty() because process.stdin.isTTY makes Node
+ * build the stdin stream, which loads its whole streams machinery (~4 ms of a ~35 ms start); the
+ * spawn because node:child_process costs ~5 ms to load on the networked start path, which only
+ * needs to run the helper's `prepare` once.
  *
  * Node-API is a stable C ABI, so the few prototypes used are declared here instead of
  * depending on a header package being installed. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -70,6 +72,28 @@ static char **vector_of(napi_env env, napi_value arr)
 	return v;
 }
 
+/* The (path, argv, envp) arguments of FN as C strings; false (a JS error thrown) when they are not. */
+static bool program_arguments(napi_env env, napi_callback_info info, const char *fn, char **path, char ***argv, char ***envp)
+{
+	size_t argc = 3;
+	napi_value args[3];
+	char msg[128];
+	if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != 0 || argc != 3) {
+		snprintf(msg, sizeof(msg), "%s(path, argv, envp) needs three arguments", fn);
+		napi_throw_error(env, NULL, msg);
+		return false;
+	}
+	*path = string_of(env, args[0]);
+	*argv = vector_of(env, args[1]);
+	*envp = vector_of(env, args[2]);
+	if (!*path || !*argv || !*envp) {
+		snprintf(msg, sizeof(msg), "%s: arguments must be a string and two arrays of strings", fn);
+		napi_throw_error(env, NULL, msg);
+		return false;
+	}
+	return true;
+}
+
 /* Stdio must reach the new program: Node marks 0-2 close-on-exec. */
 static void keep_stdio(void)
 {
@@ -83,19 +107,9 @@ static void keep_stdio(void)
 /* execve(path, argv, envp). */
 static napi_value js_execve(napi_env env, napi_callback_info info)
 {
-	size_t argc = 3;
-	napi_value args[3];
-	if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != 0 || argc != 3) {
-		napi_throw_error(env, NULL, "execve(path, argv, envp) needs three arguments");
+	char *path, **argv, **envp;
+	if (!program_arguments(env, info, "execve", &path, &argv, &envp))
 		return NULL;
-	}
-	char *path = string_of(env, args[0]);
-	char **argv = vector_of(env, args[1]);
-	char **envp = vector_of(env, args[2]);
-	if (!path || !argv || !envp) {
-		napi_throw_error(env, NULL, "execve: arguments must be a string and two arrays of strings");
-		return NULL;
-	}
 	keep_stdio();
 	execve(path, argv, envp);
 	char msg[512];
@@ -122,19 +136,9 @@ static napi_value js_isatty(napi_env env, napi_callback_info info)
  * read that pipe to its end, wait; status is the exit code, or 128 + the signal. */
 static napi_value js_spawn_report(napi_env env, napi_callback_info info)
 {
-	size_t argc = 3;
-	napi_value args[3];
-	if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != 0 || argc != 3) {
-		napi_throw_error(env, NULL, "spawnReport(path, argv, envp) needs three arguments");
+	char *path, **argv, **envp;
+	if (!program_arguments(env, info, "spawnReport", &path, &argv, &envp))
 		return NULL;
-	}
-	char *path = string_of(env, args[0]);
-	char **argv = vector_of(env, args[1]);
-	char **envp = vector_of(env, args[2]);
-	if (!path || !argv || !envp) {
-		napi_throw_error(env, NULL, "spawnReport: arguments must be a string and two arrays of strings");
-		return NULL;
-	}
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) < 0) {
 		napi_throw_error(env, "ESPAWN", "spawnReport: pipe failed");
