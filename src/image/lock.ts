@@ -11,7 +11,7 @@
 // whole life; store operations take it exclusively without waiting and fail with "in use".
 import { closeSync, fstatSync, mkdirSync, openSync, statSync, unlinkSync, constants as fsc } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { ofdLock } from '../sys/libc.js';
+import { ofdLock } from '../sys/native-addon.js';
 import { UserError } from '../common/errors.js';
 import { ImageError } from './errors.js';
 

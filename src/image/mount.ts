@@ -19,7 +19,8 @@
 // copy) makes the kernel detach it.
 import { chmodSync, closeSync, constants as fsc, fstatSync, mkdirSync, openSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { MNT, MS, mount, ofdLock, umount2 } from '../sys/libc.js';
+import { MNT, MS, mount, umount2 } from '../sys/libc.js';
+import { ofdLock } from '../sys/native-addon.js';
 import { attachLoop, type LoopDevice } from '../sys/loop.js';
 import { SysError } from '../sys/errno.js';
 import { DiskImageError } from './errors.js';

@@ -6,7 +6,7 @@
 import { closeSync, fstatSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../common/errors.js';
-import { ofdLock } from '../sys/libc.js';
+import { ofdLock } from '../sys/native-addon.js';
 
 export const TRANSFER_DIR = '/run/mctl/transfers';
 

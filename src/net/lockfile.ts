@@ -4,7 +4,8 @@
 // FD_CLOEXEC (keepAcrossExec) and dies with the last process holding it, also on SIGKILL.
 import { closeSync, fstatSync, mkdirSync, openSync, statSync, unlinkSync, constants } from 'node:fs';
 import { dirname } from 'node:path';
-import { ofdLock, ofdLockWait, flock, clearCloexec } from '../sys/libc.js';
+import { ofdLockWait } from '../sys/libc.js';
+import { ofdLock, flock, clearCloexec } from '../sys/native-addon.js';
 
 /**
  * 'ofd': systemd's lock type (stock nspawn's /run/systemd/nspawn-uid locks use it).

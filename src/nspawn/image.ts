@@ -162,7 +162,7 @@ export function imageLaunchHooks(root: ImageRoot): LaunchHooks {
         root.detachHost();
         // The supervisor this process execve()s into must hold the image lock for the
         // container's life; the container itself was forked before this and never sees it.
-        const { clearCloexec } = await import('../sys/libc.js');
+        const { clearCloexec } = await import('../sys/native-addon.js');
         for (const fd of root.lock.fds) clearCloexec(fd);
       },
     ],

@@ -9,7 +9,7 @@
 import { existsSync, lstatSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import { UserError } from '../common/errors.js';
 import { capabilityMask } from './capabilities.js';
-import { loadExecve, nativeFile, spawnWithReport } from './exec-addon.js';
+import { loadExecve, nativeFile, spawnWithReport } from '../sys/native-addon.js';
 import { containerEnvironment, formatUuid, resolveUser, ROOT_USER, type ResolvedUser } from './payload-env.js';
 import { INIT_CANDIDATES, type ContainerSpec } from './spec.js';
 

@@ -12,7 +12,7 @@ import { setupResolvConf, setupTimezone, setupLinkJournal } from './host-integra
 import { credentialHostFiles, credentialEnvironment } from './credentials.js';
 import { defaultBoundingSet, CAPABILITY_NAMES } from './capabilities.js';
 import { SIGRTMIN } from './signals.js';
-import { stdioIsTerminal } from './exec-addon.js';
+import { stdioIsTerminal } from '../sys/native-addon.js';
 import { RLIMIT_NAMES, type RlimitName } from './rlimits.js';
 import type { ConsoleMode, ContainerSpec } from './spec.js';
 

@@ -6,6 +6,7 @@
 // only; callers that need a whole process in new namespaces use the native launcher instead.
 import { SysError } from './errno.js';
 import { loadKoffi } from './koffi.js';
+import { clearCloexec } from './native-addon.js';
 
 type KoffiFn = (...args: unknown[]) => unknown;
 interface Koffi {
@@ -185,29 +186,7 @@ export function fcntl(fd: number, cmd: number, arg = 0): number {
   return check(lib().fcntl(fd, cmd, 'int', arg), 'fcntl', `fd ${fd}`);
 }
 
-/** Open-file-description lock kinds (fcntl F_OFD_SETLK), the lock type systemd's lock files use. */
-export type OfdLockKind = 'shared' | 'exclusive' | 'unlock';
-
-const F_OFD_SETLK = 37;
 const F_OFD_SETLKW = 38;
-
-/**
- * Whole-file OFD lock (systemd's "UNPOSIX" lock): belongs to the open file description, so it
- * survives fd inheritance and is dropped when the last fd to it closes. Returns false when a
- * non-blocking request conflicts (EAGAIN/EACCES); other failures throw.
- */
-export function ofdLock(fd: number, kind: OfdLockKind, wait = false): boolean {
-  // struct flock (x86-64/arm64): short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
-  const fl = Buffer.alloc(32);
-  fl.writeInt16LE(kind === 'shared' ? 0 : kind === 'exclusive' ? 1 : 2, 0);
-  const ret = Number(lib().fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, 'void *', fl));
-  if (ret === -1) {
-    const errno = lib().koffi.errno();
-    if (errno === 11 || errno === 13) return false;
-    throw new SysError('fcntl(F_OFD_SETLK)', errno, `fd ${fd}`);
-  }
-  return true;
-}
 
 let ofdWaitFn: (KoffiFn & { async(...args: unknown[]): void }) | undefined;
 
@@ -222,12 +201,6 @@ export function ofdLockWait(fd: number, kind: 'shared' | 'exclusive'): Promise<b
   fl.writeInt16LE(kind === 'shared' ? 0 : 1, 0);
   const fn = ofdWaitFn;
   return new Promise((resolve) => fn.async(fd, F_OFD_SETLKW, fl, (err: unknown, ret: unknown) => resolve(!err && Number(ret) === 0)));
-}
-
-/** Clear FD_CLOEXEC, which Node sets on fds 0-2, so an exec'd program keeps them. */
-export function clearCloexec(fd: number): void {
-  const flags = fcntl(fd, F.GETFD);
-  fcntl(fd, F.SETFD, flags & ~F.FD_CLOEXEC);
 }
 
 /** ioctl with an int in/out argument; returns the (possibly updated) int. */
@@ -451,19 +424,4 @@ export function lsetxattr(path: string, name: string, value: Buffer): void {
   check(idXattrLib().lsetxattr(path, name, value, value.length, 0), 'lsetxattr', path);
 }
 
-let flockFn: KoffiFn | undefined;
 
-/**
- * BSD flock(2) on the whole file (the lock util-linux flock(1) waits for, unlike OFD locks).
- * Returns false when a non-blocking request conflicts (EWOULDBLOCK); other failures throw.
- */
-export function flock(fd: number, kind: 'shared' | 'exclusive' | 'unlock', wait = false): boolean {
-  flockFn ??= lib().koffi.load('libc.so.6').func('int flock(int fd, int operation)');
-  const op = (kind === 'shared' ? 1 : kind === 'exclusive' ? 2 : 8) | (wait ? 0 : 4);
-  if (Number(flockFn(fd, op)) === -1) {
-    const errno = lib().koffi.errno();
-    if (errno === 11) return false;
-    throw new SysError('flock', errno, `fd ${fd}`);
-  }
-  return true;
-}

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { call } from '../../src/dbus/bus.js';
-import { ofdLock } from '../../src/sys/libc.js';
+import { ofdLock } from '../../src/sys/native-addon.js';
 import { createArgs, expectDBusError, MANAGER, setup, waitFor, type Env } from './machined-harness.js';
 
 const STAGING_LOCK = '/run/mctl/images.lock'; // src/image/mount.ts

@@ -1,5 +1,5 @@
 /* mctl-exec.node: the calls the launcher's start path needs from native code, execve(),
- * isatty() and a run-and-read-fd-3 spawn, as a tiny Node-API addon. Loading it costs well under
+ * isatty(), a run-and-read-fd-3 spawn, lock files and FD_CLOEXEC, as a tiny Node-API addon. Loading it costs well under
  * a millisecond; loading koffi to make the same execve() call costs ~12 ms, a sixth of the whole
  * start budget (docs/nspawn-internals.md). isatty() because process.stdin.isTTY makes Node
  * build the stdin stream, which loads its whole streams machinery (~4 ms of a ~35 ms start); the
@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -118,16 +119,27 @@ static napi_value js_execve(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* The single file descriptor argument of FN; false (a JS error thrown) when there is none. */
+static bool fd_argument(napi_env env, napi_callback_info info, const char *fn, int32_t *fd)
+{
+	size_t argc = 1;
+	napi_value arg;
+	if (napi_get_cb_info(env, info, &argc, &arg, NULL, NULL) != 0 || argc != 1 || napi_get_value_int32(env, arg, fd) != 0) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "%s(fd) needs a file descriptor number", fn);
+		napi_throw_error(env, NULL, msg);
+		return false;
+	}
+	return true;
+}
+
 /* isatty(fd) as a boolean. */
 static napi_value js_isatty(napi_env env, napi_callback_info info)
 {
-	size_t argc = 1;
-	napi_value arg, result;
 	int32_t fd = -1;
-	if (napi_get_cb_info(env, info, &argc, &arg, NULL, NULL) != 0 || argc != 1 || napi_get_value_int32(env, arg, &fd) != 0) {
-		napi_throw_error(env, NULL, "isatty(fd) needs a file descriptor number");
+	napi_value result;
+	if (!fd_argument(env, info, "isatty", &fd))
 		return NULL;
-	}
 	napi_get_boolean(env, isatty(fd) == 1, &result);
 	return result;
 }
@@ -211,6 +223,54 @@ static napi_value js_spawn_report(napi_env env, napi_callback_info info)
 	return result;
 }
 
+/* lock(fd, kind, op, wait) -> 1 taken, 0 held elsewhere (only without wait), or -errno.
+ * kind 0: an OFD lock (fcntl F_OFD_SETLK[W], systemd's lock type), 1: flock(2) (what flock(1)
+ * waits for); op 0 shared, 1 exclusive, 2 unlock. Here rather than over koffi: the launcher's
+ * networked start takes two locks, and koffi costs ~10 ms to load. */
+static napi_value js_lock(napi_env env, napi_callback_info info)
+{
+	size_t argc = 4;
+	napi_value args[4], result;
+	int32_t v[4] = { -1, -1, -1, 0 };
+	if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != 0 || argc != 4) {
+		napi_throw_error(env, NULL, "lock(fd, kind, op, wait) needs four numbers");
+		return NULL;
+	}
+	for (int i = 0; i < 4; i++)
+		if (napi_get_value_int32(env, args[i], &v[i]) != 0) {
+			napi_throw_error(env, NULL, "lock(fd, kind, op, wait) needs four numbers");
+			return NULL;
+		}
+	int fd = v[0], op = v[2];
+	bool wait = v[3] != 0;
+	int r;
+	if (v[1] == 0) {
+		struct flock fl = { .l_type = (short)(op == 0 ? F_RDLCK : op == 1 ? F_WRLCK : F_UNLCK), .l_whence = SEEK_SET };
+		while ((r = fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl)) < 0 && errno == EINTR)
+			;
+	} else {
+		int how = (op == 0 ? LOCK_SH : op == 1 ? LOCK_EX : LOCK_UN) | (wait ? 0 : LOCK_NB);
+		while ((r = flock(fd, how)) < 0 && errno == EINTR)
+			;
+	}
+	int out = r == 0 ? 1 : (errno == EAGAIN || errno == EACCES) && !wait ? 0 : -errno;
+	napi_create_int32(env, out, &result);
+	return result;
+}
+
+/* clearCloexec(fd) -> 0 or -errno: the fd survives execve. */
+static napi_value js_clear_cloexec(napi_env env, napi_callback_info info)
+{
+	int32_t fd = -1;
+	napi_value result;
+	if (!fd_argument(env, info, "clearCloexec", &fd))
+		return NULL;
+	int flags = fcntl(fd, F_GETFD);
+	int out = flags < 0 || fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0 ? -errno : 0;
+	napi_create_int32(env, out, &result);
+	return result;
+}
+
 napi_value napi_register_module_v1(napi_env env, napi_value exports);
 napi_value napi_register_module_v1(napi_env env, napi_value exports)
 {
@@ -221,5 +281,9 @@ napi_value napi_register_module_v1(napi_env env, napi_value exports)
 		napi_set_named_property(env, exports, "isatty", fn);
 	if (napi_create_function(env, "spawnReport", 11, js_spawn_report, NULL, &fn) == 0)
 		napi_set_named_property(env, exports, "spawnReport", fn);
+	if (napi_create_function(env, "lock", 4, js_lock, NULL, &fn) == 0)
+		napi_set_named_property(env, exports, "lock", fn);
+	if (napi_create_function(env, "clearCloexec", 12, js_clear_cloexec, NULL, &fn) == 0)
+		napi_set_named_property(env, exports, "clearCloexec", fn);
 	return exports;
 }
