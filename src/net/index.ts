@@ -5,5 +5,5 @@ export { listLinks, getLink, listAddrs, listRoutes, ipBatch, ipJson, deleteLinkI
 export { LockFile, isLockFree } from './lockfile.js';
 export { netConfig, type NetConfig } from './config.js';
 export { parsePortForward, assertNoDuplicatePorts, type PortForward } from './ports.js';
-export { setupMachineNetwork, collect, spawnCollector, machineLockPath, readMachineNetState, machineAddresses, type MachineNetworkRequest, type MachineNetwork, type MachineNetState, type VethExtra, type CollectResult } from './machine.js';
+export { setupMachineNetwork, collect, machineLockPath, readMachineNetState, machineAddresses, type MachineNetworkRequest, type MachineNetwork, type MachineNetState, type VethExtra, type CollectResult } from './machine.js';
 export { containerResolvConf } from './resolv.js';

@@ -1,6 +1,7 @@
 // A typed wrapper over iproute2 (`ip -j` for queries, `ip -batch -` for changes) for callers
 // that want iproute2's own view, e.g. tests checking what the kernel shows. Container network
-// setup and clean-up do not run `ip`: they speak rtnetlink in-process (src/sys/netlink.ts).
+// setup and clean-up do not run `ip`: the launcher's native helper makes the links
+// (src/nspawn/native/net.c) and the clean-up deletes them over rtnetlink (src/sys/netlink.ts).
 // Commands can target another network namespace by the PID of a process inside it, or by a
 // namespace file.
 import { runTool } from './exec.js';

@@ -1,12 +1,9 @@
-// The whole network setup of one container, in-process: links, addresses and routes over
-// rtnetlink (src/sys/netlink.ts) on the host and, through a socket opened inside the
-// container's network namespace, on the container's side; the nft transaction (libnftables on a
-// worker thread, started by the caller) meanwhile (the rules match links by name, so they need not
-// wait for them); then the watcher that collects after the launcher's end. No program runs in
-// the critical path; the watcher is started with posix_spawn (no fork of Node) and not waited for.
-import { writeFileSync } from 'node:fs';
-import { RtNetlink } from '../sys/netlink.js';
-import { spawnDetached } from '../sys/spawn.js';
+// The links, addresses, routes and rules of one container, as tokens for the native helper
+// (src/nspawn/native/net.c), which makes them itself: inside the launcher's own helper process
+// (run/prepare: the container's side is created right in its network namespace while the
+// container mounts) or, for a process that already exists, as `mctl-nsexec net PID`. Nothing of
+// this runs in Node: that would cost koffi (~10 ms to load) on every networked start.
+import { nativeFile, spawnWithReport } from '../sys/native-addon.js';
 import type { AddressPair } from './machine.js';
 
 export interface VethPlan {
@@ -18,13 +15,11 @@ export interface VethPlan {
 }
 
 export interface LinkPlan {
-  /** A process inside the container's network namespace. */
-  leaderPid: number;
   /** The main veth (ve-NAME / vb-NAME, host0 inside). */
   main: VethPlan | null;
   /** --network-veth-extra pairs. */
   extras: VethPlan[];
-  /** The zone bridge to create (it does not exist yet). */
+  /** The zone bridge, created unless it exists. */
   createBridge: { name: string; altName?: string } | null;
   /** The bridge the main veth joins (zone bridge or --network-bridge). */
   bridge: string | null;
@@ -37,91 +32,62 @@ export interface LinkPlan {
   ipvlan: Array<{ parent: string; name: string }>;
   /** Written under /proc/sys/net once the links exist (they may name them). */
   sysctls: ReadonlyArray<readonly [string, string]>;
-  /** The nft transaction, already running (the caller started it as early as it could), or null. */
-  nft: Promise<unknown> | null;
-  /** Started detached at the end: waits for this lock, then runs argv (the collector). */
-  watcher: { lock: string; argv: readonly string[]; env: Record<string, string> } | null;
+  /** The nft transaction (libnftables' input language), or null. */
+  nft: string | null;
+  /** Started detached: waits for this lock (flock(1)), then runs argv (the collector). */
+  watcher: { lock: string; argv: readonly string[] } | null;
 }
 
-function linkIndex(nl: RtNetlink, name: string): number {
-  const link = nl.getLink(name);
-  if (!link) throw new Error(`link ${name} vanished during setup`);
-  return link.index;
-}
+const dash = (v: string | null | undefined): string => v || '-';
 
-function configureHost(nl: RtNetlink, p: LinkPlan, created: Set<string>): void {
-  if (p.createBridge) {
-    nl.createBridge(p.createBridge.name, true);
-    created.add(p.createBridge.name);
-    if (p.createBridge.altName) nl.addAltName(p.createBridge.name, p.createBridge.altName);
-  }
-  const master = p.bridge ? linkIndex(nl, p.bridge) : undefined;
-  if (p.main) {
-    nl.createVeth({ name: p.main.name, mac: p.main.mac, peer: { name: p.main.peer, mac: p.main.peerMac, netnsPid: p.leaderPid }, master, up: true });
-    created.add(p.main.name);
-    if (p.main.altName) nl.addAltName(p.main.name, p.main.altName);
-  }
-  for (const x of p.extras) {
-    nl.createVeth({ name: x.name, mac: x.mac, peer: { name: x.peer, mac: x.peerMac, netnsPid: p.leaderPid }, up: true });
-    created.add(x.name);
-  }
+/** The helper's net-* tokens for PLAN (see net_config_key in native/net.c). */
+export function linkPlanArgs(p: LinkPlan): string[] {
+  const a: string[] = [];
+  if (p.createBridge) a.push('net-bridge', p.createBridge.name, dash(p.createBridge.altName));
+  if (p.main) a.push('net-veth', p.main.name, p.main.mac, p.main.peer, p.main.peerMac, dash(p.bridge), dash(p.main.altName));
+  for (const x of p.extras) a.push('net-veth', x.name, x.mac, x.peer, x.peerMac, '-', dash(x.altName));
   if (p.gateway) {
-    const index = linkIndex(nl, p.gateway.ifname);
-    nl.addAddress(index, p.gateway.ifname, p.gateway.ipv4.gateway, p.gateway.ipv4.prefix, { replace: true });
-    nl.addAddress(index, p.gateway.ifname, p.gateway.ipv6.gateway, p.gateway.ipv6.prefix, { replace: true, nodad: true });
+    for (const g of [p.gateway.ipv4, p.gateway.ipv6]) a.push('net-addr', 'host', p.gateway.ifname, g.gateway, String(g.prefix));
   }
-  for (const i of p.interfaces) nl.setLink(i, { netnsPid: p.leaderPid });
-  for (const m of p.macvlan) nl.createVlanLike('macvlan', m.name, linkIndex(nl, m.parent), p.leaderPid, m.mac);
-  for (const m of p.ipvlan) nl.createVlanLike('ipvlan', m.name, linkIndex(nl, m.parent), p.leaderPid);
+  if (p.container && p.main) {
+    for (const c of [p.container.ipv4, p.container.ipv6]) a.push('net-addr', 'container', p.main.peer, c.address, String(c.prefix));
+    for (const c of [p.container.ipv4, p.container.ipv6]) a.push('net-route', p.main.peer, c.gateway);
+  }
+  for (const i of p.interfaces) a.push('net-move', i);
+  for (const m of p.macvlan) a.push('net-macvlan', m.parent, m.name, m.mac);
+  for (const m of p.ipvlan) a.push('net-ipvlan', m.parent, m.name);
+  for (const [key, value] of p.sysctls) a.push('net-sysctl', key, value);
+  if (p.nft) a.push('net-nft', p.nft);
+  if (p.watcher) {
+    a.push('net-watch', p.watcher.lock);
+    for (const arg of p.watcher.argv) a.push('net-collector', arg);
+  }
+  return a;
 }
 
-function configureContainer(p: LinkPlan): void {
-  const nl = RtNetlink.open(`/proc/${p.leaderPid}/ns/net`);
-  try {
-    // lo always (as nspawn's loopback_setup does); host0 with its addresses and routes with auto.
-    nl.setLink('lo', { up: true });
-    if (!p.container || !p.main) return;
-    const { ipv4, ipv6 } = p.container;
-    nl.setLink(p.main.peer, { up: true });
-    const index = linkIndex(nl, p.main.peer);
-    nl.addAddress(index, p.main.peer, ipv4.address, ipv4.prefix);
-    nl.addAddress(index, p.main.peer, ipv6.address, ipv6.prefix, { nodad: true });
-    nl.addDefaultRoute(index, p.main.peer, ipv4.gateway);
-    nl.addDefaultRoute(index, p.main.peer, ipv6.gateway);
-  } finally {
-    nl.close();
+/** A failed `mctl-nsexec net`: the helper's one line ("network setup for 'x' failed: …"). */
+export class LinkSetupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LinkSetupError';
   }
-}
-
-/** The watcher: `sh` waiting in flock(1) for the machine lock, then exec'ing the collector. */
-export function startWatcher(w: NonNullable<LinkPlan['watcher']>): number {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
-  // flock(1) keeps holding the lock while its command runs, so wait with `true` and only then collect.
-  // /bin/sh, not sh: no PATH walk while posix_spawn's vfork holds this process
-  return spawnDetached(['/bin/sh', '-c', 'flock -x "$0" true; exec "$@"', w.lock, ...w.argv], { ...env, ...w.env });
 }
 
 /**
- * Apply the plan. On failure, throws after the nft transaction settled (so undo sees all of it);
- * `created` then names the host-side links this run made (a name that was taken by someone
- * else's link is not ours to delete).
+ * Make the links of an existing process's network namespace (`mctl-nsexec net PID`); returns
+ * the host-side interface indices. On failure the helper has removed the links it made.
  */
-export async function applyLinkPlan(p: LinkPlan, created: Set<string> = new Set()): Promise<void> {
-  const rules = p.nft ?? Promise.resolve();
-  try {
-    const nl = RtNetlink.open();
-    try {
-      configureHost(nl, p, created);
-    } finally {
-      nl.close();
-    }
-    for (const [key, value] of p.sysctls) writeFileSync(`/proc/sys/net/${key}`, value);
-    configureContainer(p);
-  } catch (err) {
-    await rules.catch(() => undefined);
-    throw err;
-  }
-  await rules;
-  if (p.watcher) startWatcher(p.watcher);
+export async function applyLinkPlan(machine: string, leaderPid: number, plan: LinkPlan): Promise<number[]> {
+  const helper = nativeFile('mctl-nsexec');
+  if (!helper) throw new Error('the native helper mctl-nsexec is missing (run npm run build)');
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
+  const { status, report } = await spawnWithReport(helper, ['mctl-nsexec', 'net', String(leaderPid), 'name', machine, ...linkPlanArgs(plan), '--'], env);
+  if (status !== 0) throw new LinkSetupError(/^mctl-nspawn: (.+)$/m.exec(report)?.[1] ?? `mctl-nsexec net failed (status ${status})`);
+  return parseIfindices(report.trim());
+}
+
+/** The helper's "1,2" (or "-") list of host-side interface indices. */
+export function parseIfindices(text: string): number[] {
+  return text === '-' || text === '' ? [] : text.split(',').map(Number).filter((n) => n > 0);
 }

@@ -10,7 +10,7 @@
 //                         its supervisor, for the container's whole life
 // A state file whose lock is free belongs to a dead launcher: collect() undoes it, and every
 // allocation collects such leftovers first, so a SIGKILLed launcher never leaks addresses.
-import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../common/errors.js';
@@ -18,12 +18,13 @@ import { siphash24, hexKey } from './siphash.js';
 import { generateMac, hostVethName, zoneBridgeName, MAC_KEYS, isValidZoneName, shortenIfname } from './names.js';
 import { bridgeMembers, isValidIfname } from './ip.js';
 import { machineRulesScript, removeMachineRules, type MachineRule } from './nft.js';
-import { applyLinkPlan, startWatcher } from './links.js';
+import { applyLinkPlan, linkPlanArgs, LinkSetupError, type LinkPlan } from './links.js';
 import { LockFile, isLockFree } from './lockfile.js';
 import { netConfig, slotCount, slotSubnet, formatIPv4, formatIPv6, type NetConfig } from './config.js';
 import { portForwardRules, assertNoDuplicatePorts, type PortForward } from './ports.js';
 import { SysError } from '../sys/errno.js';
-import { NftError, preloadNftables, nftRunAsync } from '../sys/nftables.js';
+import { NftError } from '../sys/nftables.js';
+import { clearCloexec } from '../sys/native-addon.js';
 import { RtNetlink } from '../sys/netlink.js';
 
 export interface VethExtra {
@@ -227,19 +228,6 @@ function hostAddr(net4: number, n: number): string {
   return formatIPv4((net4 + n) >>> 0);
 }
 
-function withHostNetlink<T>(fn: (nl: RtNetlink) => T): T {
-  const nl = RtNetlink.open();
-  try {
-    return fn(nl);
-  } finally {
-    nl.close();
-  }
-}
-
-function linkExists(name: string): boolean {
-  return withHostNetlink((nl) => nl.getLink(name) !== null);
-}
-
 async function deleteLinkIfExists(name: string): Promise<boolean> {
   const nl = RtNetlink.open();
   try {
@@ -249,10 +237,10 @@ async function deleteLinkIfExists(name: string): Promise<boolean> {
   }
 }
 
-function checkLinkExists(name: string, what: string, kind?: string): void {
-  const link = withHostNetlink((nl) => nl.getLink(name));
-  if (!link) throw new UserError(`${what} '${name}' does not exist`);
-  if (kind && link.kind !== kind) throw new UserError(`${what} '${name}' is not a ${kind}`);
+// sysfs, not rtnetlink: these run on every networked start, and rtnetlink from Node means koffi.
+function checkLinkExists(name: string, what: string, kind?: 'bridge'): void {
+  if (!existsSync(`/sys/class/net/${name}`)) throw new UserError(`${what} '${name}' does not exist`);
+  if (kind && !existsSync(`/sys/class/net/${name}/bridge`)) throw new UserError(`${what} '${name}' is not a ${kind}`);
 }
 
 /** Set a sysctl under /proc/sys/net unless it already has the value (an unchanged host stays untouched). */
@@ -261,24 +249,26 @@ function writeSysctl(path: string, value: string): void {
   if (readFileSync(file, 'utf8').trim() !== value) writeFileSync(file, value);
 }
 
-/** Start loading what setupMachineNetwork needs (on worker threads), ahead of the container's creation. */
-export function preloadNetworkLibraries(): void {
-  void preloadNftables();
-}
-
 /** What the launcher asks for before the container exists (the PID comes with attach()). */
 export type MachineNetworkPlan = Omit<MachineNetworkRequest, 'leaderPid'>;
 
 /**
  * The first half of setupMachineNetwork, done before the container exists: the machine lock,
- * the address allocation, the state file, and the nft transaction, which then runs on a worker
- * thread while the container is being created. attach() makes the links once the container's
- * network namespace exists; abandon() undoes it all if the container never comes. alloc.lock
- * is held from here until attach() returns or abandon(), so a zone's bridge and addresses cannot
- * change underneath.
+ * the address allocation, the state file, and the plan of links and rules, which the native
+ * helper carries out (src/net/links.ts). alloc.lock is held from here until the links exist,
+ * so a zone's bridge and addresses cannot change underneath.
  */
 export interface MachineNetworkReservation {
   readonly state: MachineNetState;
+  /**
+   * The helper's net-* tokens. With handOver (the launcher's run mode: this process becomes the
+   * helper) both locks go with them: the helper releases alloc.lock once the links exist, holds
+   * the machine lock for the container's life and collects itself after a failure.
+   */
+  helperArgs(handOver: boolean): string[];
+  /** The helper made the links (prepare, or the hand-over): let go of alloc.lock, own the result. */
+  attached(): MachineNetwork;
+  /** For a process that exists already: make the links now (`mctl-nsexec net`). */
   attach(leaderPid: number): Promise<MachineNetwork>;
   abandon(): Promise<void>;
 }
@@ -301,18 +291,15 @@ export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetCon
   // A collector cleaning up after the previous run of this name holds the lock for a moment.
   const lock = await LockFile.acquireWithin(lockPath(cfg, machine), 'flock', 3000);
   if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
-  const pending: { rules: Promise<string> | null } = { rules: null };
-  const created = new Set<string>();
   let alloc: LockFile | null = null;
   let settled = false;
-  // Undo whatever got created (after the rule transaction settled); the state file says what to look for.
+  // Undo what the plan recorded. The helper removed the links it made itself (it alone knows
+  // which names were free): here only rules, state and an emptied zone bridge remain.
   const fail = async (err: unknown): Promise<never> => {
     settled = true;
-    await pending.rules?.catch(() => undefined);
     try {
       const recorded = readMachineNetState(machine, cfg);
-      // Only links this run made: a host-side name someone else's link already had stays theirs.
-      const s = recorded && { ...recorded, hostIf: recorded.hostIf && created.has(recorded.hostIf) ? recorded.hostIf : null, extraHostIfs: recorded.extraHostIfs.filter((l) => created.has(l)) };
+      const s = recorded && { ...recorded, hostIf: null, extraHostIfs: [] };
       if (s && alloc) await undoState(cfg, s).catch(() => undefined);
       else if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
     } finally {
@@ -320,12 +307,13 @@ export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetCon
       alloc = null;
       lock.release(true);
     }
+    if (err instanceof LinkSetupError) throw new UserError(err.message);
     if (err instanceof SysError || err instanceof NftError) throw new UserError(`network setup for '${machine}' failed: ${err.message}`);
     throw err;
   };
 
   let s: MachineNetState;
-  let linkPlan: (leaderPid: number) => Promise<void>;
+  let plan: LinkPlan;
   try {
     // Async: the service may collect two machines at once, and must keep answering the bus meanwhile.
     alloc = await LockFile.acquireAsync(join(cfg.stateDir, 'alloc.lock'));
@@ -334,6 +322,11 @@ export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetCon
     await collectStale(cfg);
 
     const main = mode === 'none' ? null : hostVethName(machine, mode === 'veth' ? 'veth' : 'bridge-member');
+    // A name taken by someone else's link stays theirs: refused here, so nothing (a collector
+    // after a failed start included) ever deletes a link of that name on our behalf.
+    for (const taken of [main?.name, ...req.vethExtra.map((x) => x.host)]) {
+      if (taken && existsSync(`/sys/class/net/${taken}`)) throw new UserError(`network setup for '${machine}' failed: network interface '${taken}' already exists`);
+    }
     const zoneBridge = req.zone ? zoneBridgeName(req.zone) : null;
     const bridge = zoneBridge?.name ?? req.bridge;
     const others = listStates(cfg);
@@ -369,7 +362,7 @@ export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetCon
       ipv6: sub ? { address: formatIPv6(sub.net6 + BigInt(hostNo)), gateway: formatIPv6(sub.net6 + 1n), prefix: 64 } : null,
       ports: req.ports,
       extraHostIfs: req.vethExtra.map((x) => x.host),
-      leaderPid: 0, // known at attach()
+      leaderPid: 0, // known at attach(); stays 0 when the launcher hands over (it never learns it)
     };
     // Recorded before anything exists, so a crash half-way is still collectable.
     writeState(cfg, s);
@@ -388,76 +381,75 @@ export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetCon
         ...portForwardRules(req.ports, { ipv4: auto.ipv4.address, ipv6: auto.ipv6.address, hostIf: auto.gwIf }),
       ];
     }
-    // The rules match links by name, which need not exist yet: the transaction runs on a worker
-    // thread from now on, while the container is created and its links are made.
-    const script = machineRulesScript(cfg.table, machine, rules);
-    if (script) {
-      await preloadNftables(); // (normally long done: started when the launcher chose networking)
-      pending.rules = nftRunAsync(script);
-      pending.rules.catch(() => undefined); // awaited by attach(), or by fail()
-    }
     if (auto) {
       // Routing between the container links and the uplink (see docs/networking.md, "What mctl changes on the host").
       writeSysctl('ipv4/ip_forward', '1');
       writeSysctl('ipv6/conf/all/forwarding', '1');
     }
-    linkPlan = async (leaderPid: number) => {
-      await applyLinkPlan(
-        {
-          leaderPid,
-          main: main ? { ...main, mac: generateMac(machine, MAC_KEYS.host), peer: 'host0', peerMac: generateMac(machine, MAC_KEYS.container) } : null,
-          extras: req.vethExtra.map((x, idx) => ({ name: x.host, mac: generateMac(machine, MAC_KEYS.extraHost, idx), peer: x.container, peerMac: generateMac(machine, MAC_KEYS.extraContainer, idx) })),
-          createBridge: zoneBridge && !linkExists(zoneBridge.name) ? zoneBridge : null,
-          bridge,
-          gateway: auto && !zoneHasAddresses ? { ifname: auto.gwIf, ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
-          container: auto ? { ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
-          interfaces: req.interfaces,
-          macvlan: req.macvlan.map((i) => ({ parent: i, name: shortenIfname(`mv-${i}`).name, mac: generateMac(`${machine}${i}`, MAC_KEYS.macvlan) })),
-          ipvlan: req.ipvlan.map((i) => ({ parent: i, name: shortenIfname(`iv-${i}`).name })),
-          // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
-          sysctls: auto && req.ports.length > 0 ? [[`ipv4/conf/${auto.gwIf}/route_localnet`, '1']] : [],
-          nft: pending.rules,
-          watcher: req.collector ? collectorCommand(machine, cfg) : null,
-        },
-        created,
-      );
+    plan = {
+      main: main ? { ...main, mac: generateMac(machine, MAC_KEYS.host), peer: 'host0', peerMac: generateMac(machine, MAC_KEYS.container) } : null,
+      extras: req.vethExtra.map((x, idx) => ({ name: x.host, mac: generateMac(machine, MAC_KEYS.extraHost, idx), peer: x.container, peerMac: generateMac(machine, MAC_KEYS.extraContainer, idx) })),
+      // (the helper leaves an existing zone bridge alone)
+      createBridge: zoneBridge,
+      bridge,
+      gateway: auto && !zoneHasAddresses ? { ifname: auto.gwIf, ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
+      container: auto ? { ipv4: auto.ipv4, ipv6: auto.ipv6 } : null,
+      interfaces: req.interfaces,
+      macvlan: req.macvlan.map((i) => ({ parent: i, name: shortenIfname(`mv-${i}`).name, mac: generateMac(`${machine}${i}`, MAC_KEYS.macvlan) })),
+      ipvlan: req.ipvlan.map((i) => ({ parent: i, name: shortenIfname(`iv-${i}`).name })),
+      // Loopback-sourced forwards: IPv4 refuses 127/8 on a non-loopback link without this.
+      sysctls: auto && req.ports.length > 0 ? [[`ipv4/conf/${auto.gwIf}/route_localnet`, '1']] : [],
+      // The rules match links by name, which need not exist yet: the helper runs the transaction
+      // in a worker process while it makes the links.
+      nft: machineRulesScript(cfg.table, machine, rules),
+      watcher: req.collector ? collectorCommand(machine, cfg) : null,
     };
   } catch (err) {
     return fail(err);
   }
   const state = s;
+  const network = (): MachineNetwork => {
+    settled = true;
+    alloc?.release(false);
+    alloc = null;
+    return {
+      state,
+      lock,
+      teardown: async () => {
+        try {
+          await withAllocLock(cfg, async () => undoState(cfg, readMachineNetState(machine, cfg) ?? state));
+        } finally {
+          lock.release(true);
+        }
+      },
+    };
+  };
   return {
     state,
+    helperArgs: (handOver: boolean): string[] => {
+      const args = linkPlanArgs(plan);
+      if (!handOver || !alloc) return args;
+      clearCloexec(alloc.fd);
+      clearCloexec(lock.fd);
+      return [...args, 'net-alloc-lock', String(alloc.fd), 'net-machine-lock', String(lock.fd)];
+    },
+    attached: network,
     attach: async (leaderPid: number): Promise<MachineNetwork> => {
       if (settled) throw new Error(`the network reservation of ${machine} is already used`);
       try {
         state.leaderPid = leaderPid;
         writeState(cfg, state);
-        await linkPlan(leaderPid);
+        await applyLinkPlan(machine, leaderPid, plan);
       } catch (err) {
         return fail(err);
       }
-      settled = true;
-      alloc?.release(false);
-      alloc = null;
-      return {
-        state,
-        lock,
-        teardown: async () => {
-          try {
-            await withAllocLock(cfg, async () => undoState(cfg, readMachineNetState(machine, cfg) ?? state));
-          } finally {
-            lock.release(true);
-          }
-        },
-      };
+      return network();
     },
     abandon: async () => {
       if (settled) return;
       settled = true;
-      await pending.rules?.catch(() => undefined);
       try {
-        await undoState(cfg, readMachineNetState(machine, cfg) ?? state);
+        await undoState(cfg, { ...(readMachineNetState(machine, cfg) ?? state), hostIf: null, extraHostIfs: [] });
       } finally {
         alloc?.release(false);
         alloc = null;
@@ -482,19 +474,13 @@ export function machineAddresses(machine: string, cfg: NetConfig = netConfig()):
 export { isLockFree };
 
 /**
- * Start the watcher that cleans up after this machine's launcher: a detached `sh` + `flock(1)`
- * waiting for the machine lock (held by the launcher, later by the native supervisor it execs
- * into), which then runs collect(). Costs two sleeping tiny processes, no Node until the end.
- * Call after setupMachineNetwork() and before the lock fd is made inheritable.
+ * The watcher that cleans up after this machine's launcher (the native helper starts it): a
+ * detached `sh` + `flock(1)` waiting for the machine lock (held by the launcher, later by the
+ * native supervisor), which then runs collect(). Two sleeping tiny processes, no Node until the end.
  */
-/** The watcher's pieces: the lock it waits for, the collector command and its environment. */
-export function collectorCommand(machine: string, cfg: NetConfig = netConfig()): { lock: string; argv: string[]; env: Record<string, string> } {
+export function collectorCommand(machine: string, cfg: NetConfig = netConfig()): { lock: string; argv: string[] } {
   const script = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './collect-main.ts' : './collect-main.js', import.meta.url));
-  const argv = script.endsWith('.ts') ? [process.execPath, '--import', 'tsx', script, machine] : [process.execPath, script, machine];
-  return { lock: lockPath(cfg, machine), argv, env: { MCTL_NET_STATE_DIR: cfg.stateDir, MCTL_NET_TABLE: cfg.table } };
-}
-
-/** Start the watcher on its own (setupMachineNetwork does it as part of the setup). */
-export function spawnCollector(machine: string, cfg: NetConfig = netConfig()): number {
-  return startWatcher(collectorCommand(machine, cfg));
+  const node = script.endsWith('.ts') ? [process.execPath, '--import', 'tsx', script] : [process.execPath, script];
+  // The helper runs it with its own environment: the configuration travels in the command.
+  return { lock: lockPath(cfg, machine), argv: ['/usr/bin/env', `MCTL_NET_STATE_DIR=${cfg.stateDir}`, `MCTL_NET_TABLE=${cfg.table}`, ...node, machine] };
 }

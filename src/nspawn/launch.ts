@@ -31,6 +31,14 @@ export interface LaunchHooks {
    * release_lock_file() does.
    */
   lockFiles?: ReadonlyArray<{ fd: number; path: string }>;
+  /**
+   * The container's network, which the helper makes itself (net-* tokens, native/net.c): in
+   * `run` while the container mounts (handOver: the locks go with this process), in `prepare`
+   * before it reports, after which prepared() is called and netifIndices holds the host-side
+   * interface indices (for registration hooks).
+   */
+  network?: { helperArgs(handOver: boolean): string[]; prepared(): void } | null;
+  netifIndices?: number[];
 }
 
 /**
@@ -189,17 +197,18 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
   const execve = await loadExecve();
   const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
   const afterNamespaces = hooks.afterNamespaces ?? [];
-  if (afterNamespaces.length === 0) execve(helper, ['mctl-nsexec', 'run', ...args], env);
+  const network = hooks.network ?? null;
+  if (afterNamespaces.length === 0) execve(helper, ['mctl-nsexec', 'run', ...(network?.helperArgs(true) ?? []), ...args], env);
 
   const controller = hooks.busController;
-  const prepareArgs = controller ? ['bus', controller.address, ...args] : args;
+  const prepareArgs = [...(controller ? ['bus', controller.address] : []), ...(network?.helperArgs(false) ?? []), ...args];
   const { status, report } = await spawnWithReport(helper, ['mctl-nsexec', 'prepare', ...prepareArgs], env);
   if (status !== 0) {
     // the helper's own line (a failed pick, idmap or mount) comes through the report pipe
     const said = /^mctl-nspawn: (.+)$/m.exec(report);
     throw new UserError(said?.[1] ?? 'failed to create the container', { exitCode: 1 });
   }
-  const m = /^(\d+) (\d+) (-?\d+) (\S+) (\S+)\n$/.exec(report);
+  const m = /^(\d+) (\d+) (-?\d+) (\S+) (\S+) (\S+)\n$/.exec(report);
   if (!m) throw new Error(`unexpected report from mctl-nsexec: '${report}'`);
   const pid = Number(m[1]);
   const fd = m[2] ?? '';
@@ -207,6 +216,8 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
   if (controller) controller.uniqueName = busFd >= 0 && m[4] !== '-' ? m[4]! : null;
   // the cgroup2 directory prepare started the container in (the supervisor adopts it)
   const cgroupDir = m[5] !== '-' ? m[5] : undefined;
+  if (m[6] !== '-') hooks.netifIndices?.push(...(m[6] ?? '').split(',').map(Number));
+  network?.prepared();
   try {
     for (const hook of afterNamespaces) await hook(pid);
   } catch (err) {

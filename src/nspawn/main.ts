@@ -132,7 +132,7 @@ runMain('mctl-nspawn', async () => {
     const integration = [...setupResolvConf(o.resolvConf ?? 'auto', ctx), ...setupTimezone(o.timezone ?? 'auto', ctx), ...journal.mounts];
     netUsers = network
       ? await network.prepareNetworkAndUserns({ machineName, root, network: o.network, userns: o.userns, treeWritable: plan.treeWritable })
-      : { privateNetwork: false, hostLikeConnectivity: false, userNamespace: null, root, afterNamespaces: [], onAbort: [], loopbackForwards: [], cleanup: async () => undefined };
+      : { privateNetwork: false, hostLikeConnectivity: false, userNamespace: null, root, afterNamespaces: [], onAbort: [], loopbackForwards: [], network: null, cleanup: async () => undefined };
     const startMode = o.startMode ?? 'pid1';
     const credentials = o.credentials ?? [];
     const spec: ContainerSpec = {
@@ -170,10 +170,12 @@ runMain('mctl-nspawn', async () => {
     const { Registration, registrationPlan } = await import('./register.js');
     const registerMode = o.register ?? 'auto';
     const keepUnit = o.keepUnit ?? false;
-    const hooks: import('./launch.js').LaunchHooks = {};
+    // Host-side interface indices for RegisterMachineWithNetwork, filled by launch() from prepare's report.
+    const netifIndices: number[] = [];
+    const hooks: import('./launch.js').LaunchHooks = { network: netUsers.network, netifIndices };
     if (registrationPlan(registerMode, keepUnit) !== 'nothing') {
       const registration = new Registration(registerMode, keepUnit, {
-        machineName, uuid, rootDirectory: root, netifIndices: netUsers?.netifIndices ?? [], slice: o.slice,
+        machineName, uuid, rootDirectory: root, netifIndices, slice: o.slice,
         // Always: with the supervisor as the scope's Controller= it is KillSignal= + KillMode=mixed
         // as nspawn passes them; in the fallback without a controller the service must know how
         // to stop PID 1 itself.
@@ -196,11 +198,9 @@ runMain('mctl-nspawn', async () => {
       hooks.onAbort = [...(ih.onAbort ?? []), ...(hooks.onAbort ?? [])];
       hooks.lockFiles = image.lock.fds.map((fd, i) => ({ fd, path: image.lock.paths[i]! }));
     }
-    if (netUsers.afterNamespaces.length > 0) {
-      // Network links first (registration can then name them), lock hand-over last.
-      hooks.afterNamespaces = [...netUsers.afterNamespaces.slice(0, -1), ...(hooks.afterNamespaces ?? []), ...netUsers.afterNamespaces.slice(-1)];
-      hooks.onAbort = [...netUsers.onAbort, ...(hooks.onAbort ?? [])];
-    }
+    // User-namespace hooks (chown) first; the network's undo last (onAbort runs in reverse).
+    hooks.afterNamespaces = [...netUsers.afterNamespaces, ...(hooks.afterNamespaces ?? [])];
+    hooks.onAbort = [...netUsers.onAbort, ...(hooks.onAbort ?? [])];
     const { launch } = await import('./launch.js');
     await launch(spec, hooks);
   } catch (err) {

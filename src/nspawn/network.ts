@@ -2,7 +2,6 @@
 // [Network]/PrivateUsers keys), nspawn's conflict rules, and the hooks that set the network up
 // once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
 // src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
-import { readFileSync } from 'node:fs';
 import { UserError } from '../common/errors.js';
 // Only the light parsers are loaded up front; the machinery is imported when a container needs it.
 import { isValidIfname } from '../net/ip.js';
@@ -186,15 +185,15 @@ export interface LoopbackForward {
 }
 
 export interface NetworkRuntime {
-  /** Before the container exists: allocation, state file, and the nft rules (applied while it is being created). */
+  /** Before the container exists: allocation, state file, and the plan the native helper carries out. */
   reserve(): Promise<void>;
-  /** For LaunchHooks.afterNamespaces. */
-  afterNamespaces(leaderPid: number): Promise<void>;
+  /** The helper's net-* tokens (handOver: this process execs into the helper, see MachineNetworkReservation). */
+  helperArgs(handOver: boolean): string[];
+  /** The helper's `prepare` made the links (their host-side ifindices); the machine lock goes on to the supervisor. */
+  prepared(): void;
   /** For LaunchHooks.onAbort and for the normal stop: undo everything (idempotent). */
   teardown(): Promise<void>;
-  /** The machine lock fd once set up (must stay open in the resident process), else null. */
-  lockFd(): number | null;
-  /** What was set up (addresses for registration / status), once afterNamespaces ran. */
+  /** What was set up (addresses for registration / status), once prepared. */
   network(): MachineNetwork | null;
   /** TCP forwards the supervisor serves on [::1] (the kernel cannot DNAT it), once reserved. */
   loopbackForwards(): LoopbackForward[];
@@ -203,9 +202,8 @@ export interface NetworkRuntime {
 export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRuntime {
   let reservation: MachineNetworkReservation | null = null;
   let net: MachineNetwork | null = null;
-  // Loaded as soon as the launcher knows it needs it: libnftables' dlopen then runs on a worker
-  // thread while the rest of the start is prepared.
-  const machinery = needsHostSetup(plan) ? import('../net/machine.js').then((m) => (m.preloadNetworkLibraries(), m)) : null;
+  // Loaded as soon as the launcher knows it needs it, while the rest of the start is prepared.
+  const machinery = needsHostSetup(plan) ? import('../net/machine.js') : null;
   machinery?.catch(() => undefined); // reported by reserve()
   return {
     async reserve() {
@@ -214,10 +212,12 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
       const { privateNetwork: _private, namespacePath: _path, ...links } = plan;
       reservation = await reserveMachineNetwork({ ...links, machine, collector: true });
     },
-    async afterNamespaces(leaderPid: number) {
+    helperArgs: (handOver: boolean) => reservation?.helperArgs(handOver) ?? [],
+    prepared() {
       const r = reservation;
-      reservation = null; // a failed attach undoes itself
-      if (r) net = await r.attach(leaderPid);
+      reservation = null;
+      if (r) net = r.attached();
+      net?.lock.keepAcrossExec();
     },
     async teardown() {
       const n = net;
@@ -227,7 +227,6 @@ export function networkRuntime(machine: string, plan: NetworkPlan): NetworkRunti
       if (n) await n.teardown();
       else if (r) await r.abandon();
     },
-    lockFd: () => (net ? net.lock.fd : null),
     network: () => net,
     loopbackForwards: () => {
       const state = reservation?.state ?? net?.state;
@@ -245,8 +244,9 @@ export async function collectMachineNetwork(machine: string): Promise<'collected
 
 // ---------------------------------------------------------------------------------------------
 // Launcher glue: one call from main.ts turns the settings into namespace flags, the root to
-// use, and hooks; everything it creates is undone on failure and handed to the supervisor on
-// success (lock fds kept across execve, a flock(1) watcher that collects after the end).
+// use, hooks and the helper's network tokens; everything it creates is undone on failure and
+// handed to the supervisor on success (lock fds kept across execve; the helper starts a flock(1)
+// watcher that collects after the end).
 
 export interface NetUsernsSetup {
   privateNetwork: boolean;
@@ -260,10 +260,10 @@ export interface NetUsernsSetup {
   onAbort: Array<() => Promise<void>>;
   /** For ContainerSpec.loopbackForwards. */
   loopbackForwards: LoopbackForward[];
+  /** For LaunchHooks.network: what the helper makes of the network, null without host-side links. */
+  network: NetworkRuntime | null;
   /** Undo for a failure before launch() was reached. */
   cleanup(): Promise<void>;
-  /** Host-side interface indices, filled once the network is set up (for RegisterMachineWithNetwork). */
-  netifIndices?: number[];
 }
 
 export interface NetUsernsInput {
@@ -295,7 +295,6 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
       }
     }
   };
-  const netifIndices: number[] = [];
   const setup: NetUsernsSetup = {
     privateNetwork: plan.privateNetwork,
     hostLikeConnectivity: plan.veth && plan.auto && !plan.bridge,
@@ -304,10 +303,9 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
     afterNamespaces: [],
     onAbort: [cleanup],
     loopbackForwards: [],
+    network: runtime,
     cleanup,
-    netifIndices,
   };
-  const keep: Array<() => void> = [];
   try {
     if (privateUsers.mode !== 'no') {
       // The range lock (pick) is taken and held by the native helper, the root view made by it
@@ -321,28 +319,8 @@ export async function prepareNetworkAndUserns(input: NetUsernsInput): Promise<Ne
     }
     if (runtime) {
       undo.push(() => runtime.teardown());
-      // Addresses and rules now, so the nft transaction runs while the container is created.
       await runtime.reserve();
       setup.loopbackForwards = runtime.loopbackForwards();
-      setup.afterNamespaces.push(async (pid) => {
-        await runtime.afterNamespaces(pid);
-        const net = runtime.network();
-        if (net) {
-          keep.push(() => void net.lock.keepAcrossExec());
-          // sysfs, not `ip`: registration runs right after and an exec here would cost more.
-          for (const ifname of [net.state.hostIf, ...net.state.extraHostIfs]) {
-            if (!ifname) continue;
-            const index = Number(readFileSync(`/sys/class/net/${ifname}/ifindex`, 'utf8'));
-            if (index > 0) netifIndices.push(index);
-          }
-        }
-      });
-    }
-    // Last hook: from here on the native supervisor (which this process execs into) holds the locks.
-    if (setup.afterNamespaces.length > 0 || keep.length > 0) {
-      setup.afterNamespaces.push(async () => {
-        for (const k of keep) k();
-      });
     }
     return setup;
   } catch (err) {

@@ -1,17 +1,14 @@
-// rtnetlink in-process: the link, address and route changes `ip` would make, sent on a
-// NETLINK_ROUTE socket over koffi. One request costs two system calls (send + recv of the
-// ack) instead of a fork + exec of iproute2, which is what keeps container network setup
-// within a few milliseconds. A socket can be opened inside another network namespace (the
-// calling thread enters it just for socket(2) and returns at once: only the socket lives on
-// there), so a container's side is configured from the host without nsenter.
+// rtnetlink in-process, for tearing a container's network down: link deletion on a
+// NETLINK_ROUTE socket over koffi, two system calls instead of a fork + exec of iproute2 (the
+// service and the collector do this; the links are made by the launcher's native helper,
+// src/nspawn/native/net.c). Also the attribute codec the requests are built with.
 //
 // Failures are NetlinkError (a SysError): the operation, the object, the errno name and the
-// kernel's extended-ack text when it sent one, e.g. `create veth(ve-x): EEXIST (File exists)`.
-import { closeSync, openSync, constants as fsConstants } from 'node:fs';
+// kernel's extended-ack text when it sent one, e.g. `delete link(ve-x): EBUSY (…)`.
+import { closeSync } from 'node:fs';
 import { getSystemErrorMap } from 'node:util';
 import { loadKoffi } from './koffi.js';
-import { SysError, errnoNumber } from './errno.js';
-import { setns, CLONE } from './libc.js';
+import { SysError } from './errno.js';
 
 type KoffiFn = ((...args: unknown[]) => unknown) & { async(...args: unknown[]): void };
 interface Koffi {
@@ -71,23 +68,6 @@ export const IFLA = {
   PROP_LIST: 52,
   ALT_IFNAME: 53,
 } as const;
-const IFLA_INFO_KIND = 1;
-const IFLA_INFO_DATA = 2;
-const VETH_INFO_PEER = 1;
-const IFLA_MACVLAN_MODE = 1;
-const MACVLAN_MODE_BRIDGE = 4;
-const IFLA_IPVLAN_MODE = 1;
-const IPVLAN_MODE_L2 = 0;
-const IFA_ADDRESS = 1;
-const IFA_LOCAL = 2;
-const IFA_F_NODAD = 0x02;
-const RTA_OIF = 4;
-const RTA_GATEWAY = 5;
-const RT_TABLE_MAIN = 254;
-const RTPROT_BOOT = 3;
-const RT_SCOPE_UNIVERSE = 0;
-const RTN_UNICAST = 1;
-export const IFF_UP = 0x1;
 
 /** A netlink attribute: raw bytes, or nested attributes. */
 export interface Attr {
@@ -148,69 +128,11 @@ export function ifinfomsg(index = 0, flags = 0, change = 0, family: number = AF.
   return b;
 }
 
-function ifaddrmsg(family: number, prefixlen: number, flags: number, index: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt8(family, 0);
-  b.writeUInt8(prefixlen, 1);
-  b.writeUInt8(flags, 2);
-  b.writeUInt8(RT_SCOPE_UNIVERSE, 3);
-  b.writeUInt32LE(index, 4);
-  return b;
-}
-
-function rtmsg(family: number, dstLen: number): Buffer {
-  const b = Buffer.alloc(12);
-  b.writeUInt8(family, 0);
-  b.writeUInt8(dstLen, 1);
-  b.writeUInt8(RT_TABLE_MAIN, 4);
-  b.writeUInt8(RTPROT_BOOT, 5);
-  b.writeUInt8(RT_SCOPE_UNIVERSE, 6);
-  b.writeUInt8(RTN_UNICAST, 7);
-  return b;
-}
-
-/** An IPv4 or IPv6 address in network byte order. */
-export function addressBytes(text: string): { family: number; bytes: Buffer } {
-  if (text.includes(':')) {
-    const halves = text.split('::');
-    const [head = '', tail] = halves;
-    const h = head ? head.split(':') : [];
-    const t = tail ? tail.split(':') : [];
-    const missing = 8 - h.length - t.length;
-    const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(missing, 0)).fill('0'), ...t];
-    if (halves.length > 2 || groups.length !== 8 || groups.some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) throw new Error(`not an IPv6 address: ${text}`);
-    const b = Buffer.alloc(16);
-    groups.forEach((g, i) => b.writeUInt16BE(parseInt(g, 16), i * 2));
-    return { family: AF.INET6, bytes: b };
-  }
-  const parts = text.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) throw new Error(`not an IPv4 address: ${text}`);
-  return { family: AF.INET, bytes: Buffer.from(parts) };
-}
-
 export class NetlinkError extends SysError {
   constructor(what: string, object: string, errno: number, extack?: string) {
     super(what, errno, object, extack || getSystemErrorMap().get(-errno)?.[1]);
     this.name = 'NetlinkError';
   }
-}
-
-export interface LinkInfo {
-  index: number;
-  name: string;
-  flags: number;
-  /** IFLA_INFO_KIND ("veth", "bridge" …), null for links without one (e.g. physical). */
-  kind: string | null;
-  master: number | null;
-}
-
-export interface VethSpec {
-  name: string;
-  mac?: string;
-  peer: { name: string; mac?: string; netnsPid?: number; netnsFd?: number };
-  /** Enslave the host side to this bridge (ifindex) at creation. */
-  master?: number;
-  up?: boolean;
 }
 
 const RECV_SIZE = 65536;
@@ -225,15 +147,11 @@ export class RtNetlink {
     this.fdValue = fd;
   }
 
-  /** A socket in this thread's network namespace, or in the one of `netns` (a /proc/PID/ns/net or bind-mounted nsfs path). */
-  static open(netns?: string): RtNetlink {
+  /** A socket in this thread's network namespace. */
+  static open(): RtNetlink {
     const c = socketCalls();
-    const make = (): number => {
-      const fd = Number(c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
-      if (fd < 0) throw new SysError('socket', c.koffi.errno(), 'AF_NETLINK');
-      return fd;
-    };
-    const fd = netns === undefined ? make() : inNetns(netns, make);
+    const fd = Number(c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    if (fd < 0) throw new SysError('socket', c.koffi.errno(), 'AF_NETLINK');
     const one = Buffer.alloc(4);
     one.writeInt32LE(1);
     // Errors carry the kernel's explanation; acks do not echo the whole request back.
@@ -328,68 +246,6 @@ export class RtNetlink {
 
   // ---- links ----
 
-  /** The link called `name` (or with that altname), null when there is none. */
-  getLink(name: string): LinkInfo | null {
-    // The kernel looks a name up under IFLA_IFNAME only when it fits IFNAMSIZ; longer ones are altnames.
-    const key = Buffer.byteLength(name) < 16 ? attr.str(IFLA.IFNAME, name) : attr.str(IFLA.ALT_IFNAME, name);
-    let answer: Array<{ type: number; payload: Buffer }>;
-    try {
-      answer = this.request('get link', name, RTM.GETLINK, 0, ifinfomsg(), [key]);
-    } catch (err) {
-      if (err instanceof NetlinkError && err.code === 'ENODEV') return null;
-      throw err;
-    }
-    const msg = answer.find((m) => m.type === RTM.NEWLINK);
-    return msg ? parseLink(msg.payload) : null;
-  }
-
-  createVeth(v: VethSpec): void {
-    const peerAttrs: Attr[] = [attr.str(IFLA.IFNAME, v.peer.name)];
-    if (v.peer.mac) peerAttrs.push(attr.mac(IFLA.ADDRESS, v.peer.mac));
-    if (v.peer.netnsPid !== undefined) peerAttrs.push(attr.u32(IFLA.NET_NS_PID, v.peer.netnsPid));
-    if (v.peer.netnsFd !== undefined) peerAttrs.push(attr.u32(IFLA.NET_NS_FD, v.peer.netnsFd));
-    const peer = Buffer.concat([ifinfomsg(), encodeAttrs(peerAttrs)]);
-    const attrs: Attr[] = [attr.str(IFLA.IFNAME, v.name)];
-    if (v.mac) attrs.push(attr.mac(IFLA.ADDRESS, v.mac));
-    if (v.master !== undefined) attrs.push(attr.u32(IFLA.MASTER, v.master));
-    attrs.push(attr.nest(IFLA.LINKINFO, [attr.str(IFLA_INFO_KIND, 'veth'), attr.nest(IFLA_INFO_DATA, [{ type: VETH_INFO_PEER, value: peer }])]));
-    const up = v.up ? IFF_UP : 0;
-    this.request('create veth', v.name, RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, ifinfomsg(0, up, up), attrs);
-  }
-
-  createBridge(name: string, up: boolean): void {
-    const f = up ? IFF_UP : 0;
-    this.request('create bridge', name, RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, ifinfomsg(0, f, f), [
-      attr.str(IFLA.IFNAME, name),
-      attr.nest(IFLA.LINKINFO, [attr.str(IFLA_INFO_KIND, 'bridge')]),
-    ]);
-  }
-
-  /** macvlan (bridge mode) or ipvlan (L2) on top of `parent`, created inside the namespace of `netnsPid`. */
-  createVlanLike(kind: 'macvlan' | 'ipvlan', name: string, parent: number, netnsPid: number, mac?: string): void {
-    const data = kind === 'macvlan' ? attr.u32(IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE) : { type: IFLA_IPVLAN_MODE, value: Buffer.from([IPVLAN_MODE_L2, 0]) };
-    const attrs: Attr[] = [attr.str(IFLA.IFNAME, name), attr.u32(IFLA.LINK, parent), attr.u32(IFLA.NET_NS_PID, netnsPid)];
-    if (mac) attrs.push(attr.mac(IFLA.ADDRESS, mac));
-    attrs.push(attr.nest(IFLA.LINKINFO, [attr.str(IFLA_INFO_KIND, kind), attr.nest(IFLA_INFO_DATA, [data])]));
-    this.request(`create ${kind}`, name, RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, ifinfomsg(), attrs);
-  }
-
-  addAltName(name: string, altName: string): void {
-    this.request('add altname', name, RTM.NEWLINKPROP, NLM_F.CREATE | NLM_F.EXCL, ifinfomsg(), [
-      attr.str(IFLA.IFNAME, name),
-      attr.nest(IFLA.PROP_LIST | NLA_F_NESTED, [attr.str(IFLA.ALT_IFNAME, altName)]),
-    ]);
-  }
-
-  /** Change an existing link: up/down, master, or move it into the namespace of a process. */
-  setLink(name: string, change: { up?: boolean; master?: number; netnsPid?: number }): void {
-    const attrs: Attr[] = [attr.str(IFLA.IFNAME, name)];
-    if (change.master !== undefined) attrs.push(attr.u32(IFLA.MASTER, change.master));
-    if (change.netnsPid !== undefined) attrs.push(attr.u32(IFLA.NET_NS_PID, change.netnsPid));
-    const mask = change.up === undefined ? 0 : IFF_UP;
-    this.request(change.netnsPid !== undefined ? 'move link' : 'set link', name, RTM.NEWLINK, 0, ifinfomsg(0, change.up ? IFF_UP : 0, mask), attrs);
-  }
-
   /** Delete a link by name; false when there was none. Async: see requestAsync. */
   async deleteLink(name: string): Promise<boolean> {
     try {
@@ -399,72 +255,5 @@ export class RtNetlink {
       if (err instanceof NetlinkError && err.code === 'ENODEV') return false;
       throw err;
     }
-  }
-
-  // ---- addresses and routes ----
-
-  /** Add (or with replace, set again) an address; nodad skips IPv6 duplicate detection. */
-  addAddress(index: number, ifname: string, address: string, prefix: number, opts: { replace?: boolean; nodad?: boolean } = {}): void {
-    const a = addressBytes(address);
-    const flags = opts.nodad && a.family === AF.INET6 ? IFA_F_NODAD : 0;
-    const attrs: Attr[] = [{ type: IFA_LOCAL, value: a.bytes }, { type: IFA_ADDRESS, value: a.bytes }];
-    this.request('add address', `${address}/${prefix} on ${ifname}`, RTM.NEWADDR, NLM_F.CREATE | (opts.replace ? NLM_F.REPLACE : NLM_F.EXCL), ifaddrmsg(a.family, prefix, flags, index), attrs);
-  }
-
-  addDefaultRoute(index: number, ifname: string, gateway: string): void {
-    const g = addressBytes(gateway);
-    this.request('add default route', `via ${gateway} on ${ifname}`, RTM.NEWROUTE, NLM_F.CREATE | NLM_F.EXCL, rtmsg(g.family, 0), [
-      { type: RTA_GATEWAY, value: g.bytes },
-      attr.u32(RTA_OIF, index),
-    ]);
-  }
-}
-
-function parseLink(payload: Buffer): LinkInfo {
-  const a = decodeAttrs(payload.subarray(16));
-  const info = a.get(IFLA.LINKINFO);
-  const kind = info ? decodeAttrs(info).get(IFLA_INFO_KIND) : undefined;
-  const master = a.get(IFLA.MASTER);
-  return {
-    index: payload.readInt32LE(4),
-    name: a.get(IFLA.IFNAME)?.toString('utf8').replace(/\0.*$/s, '') ?? '',
-    flags: payload.readUInt32LE(8),
-    kind: kind ? kind.toString('utf8').replace(/\0.*$/s, '') : null,
-    master: master ? master.readUInt32LE(0) : null,
-  };
-}
-
-/**
- * Run `fn` with this thread inside the network namespace at `path`, then return. setns for a
- * network namespace is allowed in a multithreaded process and affects only the calling thread;
- * sockets made meanwhile stay in that namespace.
- */
-export function inNetns<T>(path: string, fn: () => T): T {
-  const own = openSync('/proc/thread-self/ns/net', fsConstants.O_RDONLY);
-  try {
-    let target: number;
-    try {
-      target = openSync(path, fsConstants.O_RDONLY);
-    } catch (err) {
-      throw new SysError('open network namespace', errnoNumber((err as NodeJS.ErrnoException).code ?? 'EIO'), path);
-    }
-    try {
-      setns(target, CLONE.NEWNET);
-    } finally {
-      closeSync(target);
-    }
-    try {
-      return fn();
-    } finally {
-      // Staying in the container's namespace would send everything after this to the wrong place.
-      try {
-        setns(own, CLONE.NEWNET);
-      } catch (err) {
-        process.stderr.write(`mctl: cannot return to the host network namespace: ${String(err)}\n`);
-        process.abort();
-      }
-    }
-  } finally {
-    closeSync(own);
   }
 }

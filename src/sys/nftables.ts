@@ -1,10 +1,8 @@
 // nftables through libnftables in-process (the library the `nft` program is a thin shell
 // around), over koffi. Same input language and error texts as `nft -f`, without a fork + exec
 // of nft (≈7–10 ms here, most of it program start-up): a transaction costs ≈1 ms. Commands can
-// run on a worker thread (runAsync), so a launcher applies its rules while it configures links.
-//
-// preloadNftables() dlopens the library on a worker thread ahead of need (it pulls in libnftnl,
-// libmnl, libjansson, libgmp …: ≈2 ms of loading that then no longer sits in the critical path).
+// run on a worker thread (nftRunAsync), so the service keeps answering the bus meanwhile.
+// (A launcher's rules are applied by its native helper, src/nspawn/native/net.c.)
 import { loadKoffi } from './koffi.js';
 
 type KoffiFn = ((...args: unknown[]) => unknown) & { async(...args: unknown[]): void };
@@ -16,7 +14,6 @@ interface Koffi {
 }
 
 const LIBRARY = 'libnftables.so.1';
-const RTLD_NOW = 2;
 
 /** nft's output flags (libnftables.h). */
 export const NFT_OUTPUT = { HANDLE: 1 << 3, JSON: 1 << 4 } as const;
@@ -33,18 +30,9 @@ interface Calls {
 }
 
 let calls: Calls | undefined;
-let preload: Promise<void> | undefined;
 
 function koffi(): Koffi {
   return loadKoffi<Koffi>();
-}
-
-/** Start loading libnftables on a worker thread; later calls find it loaded. Never throws. */
-export function preloadNftables(): Promise<void> {
-  if (calls || preload) return preload ?? Promise.resolve();
-  const dlopen = koffi().load('libc.so.6').func('void *dlopen(const char *file, int mode)');
-  preload = new Promise<void>((resolve) => dlopen.async(LIBRARY, RTLD_NOW, () => resolve()));
-  return preload;
 }
 
 function lib(): Calls {
@@ -124,7 +112,6 @@ export function nftRun(commands: string, outputFlags = 0): string {
 
 /** nftRun on a worker thread (the parse and the kernel round trips do not hold the event loop). */
 export async function nftRunAsync(commands: string, outputFlags = 0): Promise<string> {
-  if (preload) await preload;
   return withContext(outputFlags, (c, ctx) =>
     new Promise<string>((resolve, reject) => {
       c.run.async(ctx, commands, (err: unknown, rc: unknown) => {

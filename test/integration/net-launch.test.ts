@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { getLink, generateMac, MAC_KEYS, readMachineNetState, collect, netConfig, hostVethName } from '../../src/net/index.js';
@@ -74,6 +74,26 @@ async function startContainer(name: string, netArgs: string[]): Promise<ChildPro
   return p;
 }
 
+/**
+ * The container's PID 1 as the host sees it: the child of the launcher (now its supervisor, same
+ * PID) that lives in a PID namespace of its own (the watcher is a child too). The state file
+ * cannot say: the launcher hands the start over to the helper before the container exists.
+ */
+function leaderOf(launcher: ChildProcess): number {
+  const own = readlinkSync('/proc/self/ns/pid');
+  const pid = launcher.pid ?? 0;
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).map(Number);
+  const leader = children.find((c) => {
+    try {
+      return readlinkSync(`/proc/${c}/ns/pid`) !== own;
+    } catch {
+      return false;
+    }
+  });
+  assert.ok(leader, `no container process under ${pid}`);
+  return leader;
+}
+
 async function leftovers(name: string): Promise<string[]> {
   const found: string[] = [];
   const s = readMachineNetState(name, cfg);
@@ -103,9 +123,10 @@ test('--network-veth + --port: MACs, NAT to the outside, forwards from another n
   const p = await startContainer(name, ['--network-veth', `-p`, `tcp:${hp}:8080`, `--port=udp:${hp}:8080`]);
   const s = readMachineNetState(name, cfg);
   assert.ok(s?.hostIf && s.ipv4 && s.ipv6);
-  const leader = { pid: s.leaderPid, path: `/proc/${s.leaderPid}/ns/net`, proc: p, kill: () => undefined };
+  const leaderPid = leaderOf(p);
+  const leader = { pid: leaderPid, path: `/proc/${leaderPid}/ns/net`, proc: p, kill: () => undefined };
   assert.equal((await getLink(s.hostIf))?.address, generateMac(name, MAC_KEYS.host));
-  assert.equal((await getLink('host0', { pid: s.leaderPid }))?.address, generateMac(name, MAC_KEYS.container));
+  assert.equal((await getLink('host0', { pid: leaderPid }))?.address, generateMac(name, MAC_KEYS.container));
   const srvOut = await startServer(outside, 7001, 'outside');
   procs.push(srvOut);
   assert.equal(query(leader, 'tcp', `${outV4}2`, 7001), `outside ${outV4}1`, 'container reaches the outside via NAT (IPv4)');
@@ -141,7 +162,7 @@ test('--network-zone: two containers reach each other; vz- bridge disappears wit
   const b = await startContainer(`t-netl-${id}-zb`, [`--network-zone=${zone}`]);
   const sa = readMachineNetState(`t-netl-${id}-za`, cfg)!;
   const sb = readMachineNetState(`t-netl-${id}-zb`, cfg)!;
-  const nsA = { pid: sa.leaderPid, path: `/proc/${sa.leaderPid}/ns/net`, proc: a, kill: () => undefined };
+  const nsA = { pid: leaderOf(a), path: `/proc/${leaderOf(a)}/ns/net`, proc: a, kill: () => undefined };
   assert.ok(await getLink(`vz-${zone}`));
   assert.equal(query(nsA, 'tcp', sb.ipv4!.address, 8080), `t-netl-${id}-zb ${sa.ipv4!.address}`);
   assert.equal(query(nsA, 'tcp', sb.ipv6!.address, 8080), `t-netl-${id}-zb ${sa.ipv6!.address}`);
@@ -189,6 +210,34 @@ test('bad input: one line on stderr, exit 1, nothing left behind', async () => {
     assert.doesNotMatch(res.stderr, /\n\s+at /);
   }
   assert.deepEqual(await waitClean(name), []);
+});
+
+test('a failure inside the helper after the container was cloned (its nft rules): one line, exit 1, nothing left at exit', async () => {
+  const name = `t-netl-${id}-nft`;
+  // A chain of ours that someone redefined as a filter chain: the helper's nat chain clashes.
+  must(['nft', '-f', '-'], `add table inet ${cfg.table}\nadd chain inet ${cfg.table} postrouting { type filter hook postrouting priority 0; policy accept; }\n`);
+  try {
+    const res = run(['env', `MCTL_NET_STATE_DIR=${stateDir}`, `MCTL_NET_TABLE=${cfg.table}`, nspawn, '-q', '--register=no', '--read-only', '--console=pipe', '-D', debianTree(), '-M', name,
+      '--network-veth', '-p', `${21008 + r * 10}:80`, '/bin/true']);
+    assert.equal(res.status, 1, res.stderr);
+    assert.match(res.stderr, new RegExp(`^mctl-nspawn: network setup for '${name}' failed: nft: Could not process rule: .* \\(in: add `));
+    assert.equal(res.stderr.trim().split('\n').length, 1, res.stderr);
+    // At once, not after some collector: the helper collected before it exited.
+    assert.equal(readMachineNetState(name, cfg), null, 'no state');
+    assert.equal(existsSync(`${stateDir}/machines/${name}.lock`), false, 'no lock file');
+    assert.equal(await getLink(hostVethName(name, 'veth').name), null, 'no veth');
+    assert.doesNotMatch(JSON.stringify(await listTableRules(cfg.table)), new RegExp(name), 'no rule of the machine');
+  } finally {
+    run(['nft', 'delete', 'table', 'inet', cfg.table]);
+  }
+  assert.deepEqual(await waitClean(name), []);
+});
+
+test('--private-network: lo is up inside, as with nspawn', () => {
+  const res = run([nspawn, '-q', '--register=no', '--read-only', '--console=pipe', '-D', debianTree(), '-M', `t-netl-${id}-lo`, '--private-network', '/bin/sh', '-c', 'ip -br link; cat /sys/class/net/lo/flags']);
+  assert.equal(res.status, 0, res.stderr);
+  assert.match(res.stdout, /^lo\s+UNKNOWN/m);
+  assert.equal(Number(res.stdout.trim().split('\n').pop()) & 1, 1, 'IFF_UP');
 });
 
 test('--network-namespace-path: the container runs in that namespace (also under -U); the host\'s is untouched', async () => {

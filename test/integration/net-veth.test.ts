@@ -161,7 +161,9 @@ test('a killed launcher leaves state that collect() removes; a running one is le
 });
 
 test('netlink failures: one clear line naming the step, nothing of ours left, nobody else\'s link touched', async () => {
-  // The host-side name is taken by someone else's link: creating the veth fails with EEXIST.
+  // The host-side name is taken by someone else's link: refused before anything is made (a
+  // collector must never delete a link of that name on our behalf) and, should the name be
+  // taken between that check and the helper's request, EEXIST there, with nothing undone of theirs.
   const name = `t-net-${id}-m3`;
   const ct = await makeNetns();
   spaces.push(ct);
@@ -172,6 +174,12 @@ test('netlink failures: one clear line naming the step, nothing of ours left, no
   must(['ip', 'link', 'add', hostIf, 'type', 'bridge']);
   try {
     await assert.rejects(setupMachineNetwork(request(name, ct.pid, [`tcp:${20002 + r * 10}:80`]), cfg), (err: Error) => {
+      assert.equal(err.message, `network setup for '${name}' failed: network interface '${hostIf}' already exists`);
+      return true;
+    });
+    const { applyLinkPlan } = await import('../../src/net/links.js');
+    const plan = { main: { name: hostIf, mac: '02:00:00:00:00:01', peer: 'host0', peerMac: '02:00:00:00:00:02' }, extras: [], createBridge: null, bridge: null, gateway: null, container: null, interfaces: [], macvlan: [], ipvlan: [], sysctls: [], nft: null, watcher: null };
+    await assert.rejects(applyLinkPlan(name, ct.pid, plan), (err: Error) => {
       assert.match(err.message, new RegExp(`^network setup for '${name}' failed: create veth\\(${hostIf}\\): EEXIST`));
       assert.doesNotMatch(err.message, /\n/);
       return true;

@@ -847,6 +847,7 @@ void child_main(const struct config *c, int sock)
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	if (child_report_fd >= 0)
 		close(child_report_fd);
+	net_child_close(c);
 	/* the cgroup directory's fd carries its flock: held by the supervisor, not by us */
 	if (child_cgroup_fd >= 0)
 		close(child_cgroup_fd);
@@ -872,6 +873,8 @@ void child_main(const struct config *c, int sock)
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	if (c->hostname && *c->hostname && sethostname(c->hostname, strlen(c->hostname)) < 0)
 		fail("failed to set the hostname: %s", strerror(errno));
+	if (c->private_network)
+		net_bring_up_loopback();
 
 	int fds[4];
 	size_t n_fds = 0;

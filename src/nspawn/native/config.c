@@ -28,6 +28,8 @@ int config_parse(struct config *c, int argc, char **argv)
 	c->chdir = "";
 	c->bus_address = "";
 	c->bus_fd = -1;
+	c->net.alloc_lock_fd = -1;
+	c->net.machine_lock_fd = -1;
 	int i = 0;
 	while (i < argc) {
 		const char *k = argv[i];
@@ -176,7 +178,8 @@ int config_parse(struct config *c, int argc, char **argv)
 			c->proxies[c->n_proxies].address = argv[i + 2];
 			c->proxies[c->n_proxies++].container_port = (int)parse_ulong(k, argv[i + 3], 10);
 			used = 4;
-		} else if (!(used = userns_config_key(c, argc - i, argv + i))) die("internal: unknown key '%s'", k);
+		} else if (!(used = net_config_key(c, argc - i, argv + i)) && !(used = userns_config_key(c, argc - i, argv + i)))
+			die("internal: unknown key '%s'", k);
 #undef NEED
 		i += used;
 	}

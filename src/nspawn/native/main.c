@@ -8,7 +8,11 @@
  *                                 name NAME becomes the scope's Controller=; -1 and "-" if none)
  *   supervise PID FD CONFIG -- ARGV   (after the launcher execve()d into us, same PID) take the
  *                                 socket end FD (and "bus-fd BUSFD") out of PID with pidfd_getfd,
- *                                 place the cgroup, send GO and supervise */
+ *                                 place the cgroup, send GO and supervise
+ *   net PID CONFIG --             only the network (net-* keys, net.c) for the process PID:
+ *                                 prints the host-side ifindices ("1,2" or "-") on fd 3
+ * With net-* keys, run makes the network while the child mounts, prepare before it reports
+ * (adding the ifindices to its line). */
 #define _GNU_SOURCE
 #include "nsexec.h"
 
@@ -195,6 +199,7 @@ int main(int argc, char **argv)
 		block_signals();
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
 			die("socketpair: %s", strerror(errno));
+		net_start(&c);
 		userns_before_clone(&c);
 		int chan = builder_channel(&c);
 		pid_t pid = clone_container(&c, sp[1], sp[0], false);
@@ -217,14 +222,20 @@ int main(int argc, char **argv)
 		if (*c.bus_address && (child_bus_fd = bus_open(c.bus_address, unique, sizeof(unique))) < 0)
 			strcpy(unique, "-");
 		/* the child keeps sp[0] open (it is a copy of ours) until the supervisor has taken it */
+		net_start(&c);
 		userns_before_clone(&c);
 		int chan = builder_channel(&c);
 		pid_t pid = clone_container(&c, sp[1], sp[0], true);
 		userns_after_clone(&c, pid);
 		if (c.userns)
 			build_container(&c, pid, chan);
+		if (net_setup(&c, pid) < 0) {
+			kill(pid, SIGKILL);
+			net_abort(&c);
+		}
 		const char *cg = cgroup_precreated_path();
-		dprintf(3, "%d %d %d %s %s\n", (int)pid, sp[0], child_bus_fd, unique, *cg ? cg : "-");
+		const char *ifs = c.net.ifindices;
+		dprintf(3, "%d %d %d %s %s %s\n", (int)pid, sp[0], child_bus_fd, unique, *cg ? cg : "-", *ifs ? ifs : "-");
 		_exit(0);
 	}
 	if (!strcmp(mode, "supervise") && argc >= 4) {
@@ -244,6 +255,16 @@ int main(int argc, char **argv)
 			warnx_("cannot take over the bus connection (stop requests become plain kills): %s", strerror(errno));
 		close(pidfd);
 		supervise(&c, pid, sock, bus);
+	}
+	if (!strcmp(mode, "net") && argc >= 3) {
+		pid_t pid = (pid_t)atoi(argv[2]);
+		config_parse(&c, argc - 3, argv + 3);
+		die_fd = 3;
+		net_start(&c);
+		if (net_setup(&c, pid) < 0)
+			net_abort(&c);
+		dprintf(3, "%s\n", *c.net.ifindices ? c.net.ifindices : "-");
+		_exit(0);
 	}
 	if (!strcmp(mode, "idmap-probe") && argc == 3)
 		return userns_idmap_probe(argv[2]);

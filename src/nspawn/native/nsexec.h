@@ -39,6 +39,42 @@ enum root_layer { ROOT_PLAIN, ROOT_OVERLAY, ROOT_VOLATILE };
 
 #define MAX_ITEMS 256
 
+/* The container's network as src/net planned it (net.c makes it; tokens net-*, see config.c). */
+struct net_veth {
+	const char *name, *mac;       /* host side */
+	const char *peer, *peer_mac;  /* container side, created right in its network namespace */
+	const char *master;           /* bridge to join, NULL = none */
+	const char *alt_name;         /* the untruncated name, NULL = none */
+};
+struct net_addr {
+	bool container;               /* false: host side (replaces a zone bridge's existing address) */
+	const char *ifname, *address;
+	int prefix;
+};
+struct net_plan {
+	bool active;
+	const char *bridge, *bridge_alt; /* a zone bridge to create unless it exists */
+	struct net_veth veths[9];
+	size_t n_veths;
+	struct net_addr addrs[8];
+	size_t n_addrs;
+	struct { const char *ifname, *gateway; } routes[4]; /* container side default routes */
+	size_t n_routes;
+	const char *moves[16];        /* --network-interface */
+	size_t n_moves;
+	struct { const char *kind, *parent, *name, *mac; } vlans[16]; /* macvlan (mac) / ipvlan */
+	size_t n_vlans;
+	struct { const char *key, *value; } sysctls[4]; /* under /proc/sys/net, once the links exist */
+	size_t n_sysctls;
+	const char *nft_script;       /* one libnftables transaction, NULL = none */
+	int alloc_lock_fd;            /* src/net's alloc.lock, released once the links exist (-1) */
+	int machine_lock_fd;          /* the machine's lock, let go before collecting after a failure (-1) */
+	const char *watch_lock;       /* start the watcher: wait for this lock, then run the collector */
+	const char *collector[12];    /* the collector's argv */
+	size_t n_collector;
+	char ifindices[64];           /* filled by net_setup: host-side ifindices, "1,2" */
+};
+
 struct config {
 	const char *root;
 	bool read_only_root;
@@ -85,6 +121,7 @@ struct config {
 	int oom_score_adjust;
 	struct { int host_port; const char *address; int container_port; } proxies[16]; /* proxy.c */
 	size_t n_proxies;
+	struct net_plan net;
 	char *const *argv; /* payload argv (NULL-terminated); may be empty */
 	size_t argc;
 };
@@ -139,6 +176,14 @@ size_t proxy_pollfds(struct pollfd *p, size_t max);
 void proxy_dispatch(const struct pollfd *p, size_t n);
 #define PROXY_MAX_POLLFDS (16 + 2 * 64)
 
+/* net.c: the container's links, addresses, routes and rules, made by the helper itself */
+int net_config_key(struct config *c, int argc, char **argv); /* tokens used, 0 = not a net-* key */
+void net_start(struct config *c); /* before the clone: the rules (in a forked worker) and the watcher */
+int net_setup(struct config *c, pid_t pid); /* links etc.; -1: undone its own part (the caller kills PID) */
+void net_abort(struct config *c) __attribute__((noreturn)); /* after a failed net_setup: collect (run mode), die */
+void net_child_close(const struct config *c); /* in the container child: fds that are not its business */
+void net_bring_up_loopback(void); /* in the container child, with a private network */
+
 /* seccomp.c */
 int seccomp_install_default(uint64_t caps);
 
@@ -151,7 +196,7 @@ void userns_release(const struct config *c);
 int userns_idmap_probe(const char *path);
 
 /* supervisor.c */
-int supervise(const struct config *c, pid_t leader, int sock, int bus) __attribute__((noreturn));
+int supervise(struct config *c, pid_t leader, int sock, int bus) __attribute__((noreturn));
 
 /* stub-init.c */
 void stub_init_run(pid_t payload) __attribute__((noreturn));

@@ -171,7 +171,7 @@ static void finish(const struct config *c, int status, bool setup_failed, bool k
 	_exit(1);
 }
 
-int supervise(const struct config *c, pid_t leader, int sock, int bus)
+int supervise(struct config *c, pid_t leader, int sock, int bus)
 {
 	sigset_t mask;
 	sigemptyset(&mask);
@@ -191,6 +191,13 @@ int supervise(const struct config *c, pid_t leader, int sock, int bus)
 		kill(leader, SIGKILL);
 		waitpid(leader, NULL, 0);
 		die("the container process died before it could start");
+	}
+	/* run mode: the network now, while the child mounts (it waits for MSG_CGROUP half-way) */
+	if (net_setup(c, leader) < 0) {
+		kill(leader, SIGKILL);
+		waitpid(leader, NULL, 0);
+		cgroup_remove(cg_unified, cg_systemd);
+		net_abort(c);
 	}
 	bool systemd_delegated = true;
 	if (cgroup_place(c, leader, cg_unified, sizeof(cg_unified), cg_systemd, sizeof(cg_systemd), &systemd_delegated) < 0) {
