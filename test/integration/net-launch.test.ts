@@ -212,7 +212,7 @@ test('bad input: one line on stderr, exit 1, nothing left behind', async () => {
   assert.deepEqual(await waitClean(name), []);
 });
 
-test('a failure inside the helper after the container was cloned (its nft rules): one line, exit 1, nothing left at exit', async () => {
+test('a failure inside the helper after the container was cloned (its nft rules, its mounts): one line, exit 1, nothing left at exit', async () => {
   const name = `t-netl-${id}-nft`;
   // A chain of ours that someone redefined as a filter chain: the helper's nat chain clashes.
   must(['nft', '-f', '-'], `add table inet ${cfg.table}\nadd chain inet ${cfg.table} postrouting { type filter hook postrouting priority 0; policy accept; }\n`);
@@ -231,6 +231,17 @@ test('a failure inside the helper after the container was cloned (its nft rules)
     run(['nft', 'delete', 'table', 'inet', cfg.table]);
   }
   assert.deepEqual(await waitClean(name), []);
+
+  // The container's own setup fails once its network exists (a bind whose mount point the
+  // read-only tree lacks): the same, the supervisor collects before it exits.
+  const res = run(['env', `MCTL_NET_STATE_DIR=${stateDir}`, `MCTL_NET_TABLE=${cfg.table}`, nspawn, '-q', '--register=no', '--read-only', '--console=pipe', '-D', debianTree(), '-M', name,
+    '--network-veth', '-p', `${21008 + r * 10}:80`, `--bind-ro=/usr/bin:/mctl-missing-${id}`, '/bin/true']);
+  assert.equal(res.status, 1, res.stderr);
+  assert.match(res.stderr, /cannot create the mount point .* read-only/);
+  assert.equal(readMachineNetState(name, cfg), null, 'no state');
+  assert.equal(existsSync(`${stateDir}/machines/${name}.lock`), false, 'no lock file');
+  assert.equal(await getLink(hostVethName(name, 'veth').name), null, 'no veth');
+  assert.equal(await listTableRules(cfg.table), null, 'no rules, no table');
 });
 
 test('--private-network: lo is up inside, as with nspawn', () => {

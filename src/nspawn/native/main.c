@@ -159,6 +159,7 @@ static void build_container(const struct config *c, pid_t pid, int chan)
 		kill(pid, SIGKILL);
 		if (child_report_fd < 0)
 			waitpid(pid, NULL, 0);
+		net_failed();
 		_exit(1);
 	}
 	close(chan);
@@ -203,6 +204,7 @@ int main(int argc, char **argv)
 		userns_before_clone(&c);
 		int chan = builder_channel(&c);
 		pid_t pid = clone_container(&c, sp[1], sp[0], false);
+		net_container_started(pid);
 		userns_after_clone(&c, pid);
 		if (c.userns)
 			build_container(&c, pid, chan);

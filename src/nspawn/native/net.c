@@ -513,7 +513,20 @@ static void start_watcher(const struct net_plan *n)
 }
 
 /* After a failure in run mode nobody else is left to clean up in time: let go of the machine
- * lock and run the collector ourselves (the watcher then finds nothing to do). */
+ * lock and run the collector ourselves (the watcher then finds nothing to do). The container,
+ * which holds a copy of the lock until its exec, must be gone first. */
+static const struct net_plan *handed_over; /* run mode: the launcher gave us its locks */
+static pid_t supervisor_pid, container_pid;
+static int container_pidfd = -1; /* signals the container, never a process that reused its PID */
+
+void net_container_started(pid_t pid)
+{
+	if (!handed_over)
+		return;
+	container_pid = pid;
+	container_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
 static void collect_now(const struct net_plan *n)
 {
 	if (n->alloc_lock_fd >= 0)
@@ -535,11 +548,31 @@ static void collect_now(const struct net_plan *n)
 
 /* ---- the whole setup ---- */
 
+void net_failed(void)
+{
+	/* only the supervisor: forked helpers (the builder, the rules worker) die on their own */
+	if (!handed_over || getpid() != supervisor_pid)
+		return;
+	const struct net_plan *n = handed_over;
+	handed_over = NULL;
+	if (container_pidfd >= 0 && syscall(SYS_pidfd_send_signal, container_pidfd, SIGKILL, NULL, 0) == 0)
+		while (waitpid(container_pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	collect_now(n);
+}
+
 void net_start(struct config *c)
 {
 	struct net_plan *n = &c->net;
 	if (!n->active)
 		return;
+	if (n->machine_lock_fd >= 0) {
+		/* whatever ends this start with a failure (a die() anywhere, a failed child setup)
+		 * leaves nothing of the network behind when the launcher returns */
+		handed_over = n;
+		supervisor_pid = getpid();
+		die_cleanup = net_failed;
+	}
 	if (n->nft_script)
 		start_nft(n->nft_script);
 	start_watcher(n);
@@ -695,9 +728,6 @@ int net_setup(struct config *c, pid_t pid)
 
 void net_abort(struct config *c)
 {
-	/* given the machine lock (run mode), nobody else is left to clean up in time */
-	if (c->net.machine_lock_fd >= 0)
-		collect_now(&c->net);
 	die("network setup for '%s' failed: %s", c->name ? c->name : "?", error_text);
 }
 

@@ -138,6 +138,7 @@ int config_parse(struct config *c, int argc, char **argv);
 
 /* util.c */
 extern int die_fd; /* where die() reports: stderr, or the launcher's report pipe in prepare mode */
+extern void (*die_cleanup)(void); /* run by die() after its line (once) */
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int write_file(const char *path, const char *content);
@@ -179,8 +180,10 @@ void proxy_dispatch(const struct pollfd *p, size_t n);
 /* net.c: the container's links, addresses, routes and rules, made by the helper itself */
 int net_config_key(struct config *c, int argc, char **argv); /* tokens used, 0 = not a net-* key */
 void net_start(struct config *c); /* before the clone: the rules (in a forked worker) and the watcher */
+void net_container_started(pid_t pid); /* run mode: the container to kill before collecting after a failure */
 int net_setup(struct config *c, pid_t pid); /* links etc.; -1: undone its own part (the caller kills PID) */
-void net_abort(struct config *c) __attribute__((noreturn)); /* after a failed net_setup: collect (run mode), die */
+void net_abort(struct config *c) __attribute__((noreturn)); /* after a failed net_setup: die (collecting, see net_failed) */
+void net_failed(void); /* run mode, any failed start: kill the container, collect its network now */
 void net_child_close(const struct config *c); /* in the container child: fds that are not its business */
 void net_bring_up_loopback(void); /* in the container child, with a private network */
 

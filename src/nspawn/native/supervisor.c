@@ -136,8 +136,10 @@ static void finish(const struct config *c, int status, bool setup_failed, bool k
 		if (m->kind == MOUNT_OVERLAY && !m->temporary_upper && m->extra && *m->extra && remove_tree(m->extra) < 0 && errno != ENOENT)
 			warnx_("cannot remove the overlay work directory %s: %s", m->extra, strerror(errno));
 	}
-	if (setup_failed)
+	if (setup_failed) {
+		net_failed();
 		_exit(1);
+	}
 	if (killed_by_escape) {
 		if (!c->quiet)
 			dprintf(2, "\nContainer %s terminated by signal KILL.\n", c->name);

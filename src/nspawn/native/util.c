@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 int die_fd = 2;
+void (*die_cleanup)(void);
 
 /* One formatted line on FD, in one write so concurrent writers do not interleave. */
 static void say(int fd, const char *fmt, va_list ap)
@@ -30,6 +31,11 @@ void die(const char *fmt, ...)
 	va_start(ap, fmt);
 	say(die_fd, fmt, ap);
 	va_end(ap);
+	if (die_cleanup) {
+		void (*cleanup)(void) = die_cleanup;
+		die_cleanup = NULL;
+		cleanup();
+	}
 	_exit(1);
 }
 
