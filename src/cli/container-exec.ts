@@ -76,7 +76,10 @@ export async function execDirect(req: ExecRequest): Promise<number> {
     inner = ['/usr/bin/env', '-i', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'USER=root', 'LOGNAME=root', ...req.env, ...req.command];
   }
   // --all joins every namespace of the leader, the user namespace included (uid 0 inside).
-  const child = spawn('nsenter', ['--target', String(req.leader), '--all', '--wd=/', '--', ...inner], { stdio: 'inherit', env: containerEnv() });
+  // nsenter opens --wd's path before it enters anything: "/" would be the HOST's root, a working
+  // directory outside the container's root (relative paths would reach host files). The
+  // container's root, through the leader's /proc root link, is what "/" means inside.
+  const child = spawn('nsenter', ['--target', String(req.leader), '--all', `--wd=/proc/${req.leader}/root`, '--', ...inner], { stdio: 'inherit', env: containerEnv() });
   // Signals for the foreground job reach nsenter too (same process group); don't die first.
   const ignore = (): void => undefined;
   process.on('SIGINT', ignore);

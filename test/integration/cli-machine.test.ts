@@ -3,8 +3,8 @@
 // status and separate streams, copy-to/copy-from, kill, login through a real PTY, poweroff.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { debianTree } from '../helpers/images.js';
 import { startService, bootRegistered, mctl, ptySpawn, MCTL, type Service, type TestMachine } from './cli-container.js';
@@ -89,6 +89,30 @@ test('shell: input is passed through, -E sets variables, USER@ and --uid pick th
   // The command runs inside the container, as a unit of the container's systemd.
   assert.match(mctl(svc, ['shell', NAME, '/bin/cat', '/proc/self/cgroup']).stdout, /^0::\/system\.slice\/run-.*\.service$/m);
   assert.equal(mctl(svc, ['shell', NAME, '/bin/sh', '-c', 'cat /proc/1/comm']).stdout, 'systemd\n');
+});
+
+test('shell into a container without systemd (the nsenter route): the working directory is the container\'s root, never the host\'s', async () => {
+  // A command container registered by our launcher: no /run/systemd/system inside, so shell
+  // runs the command straight under nsenter. With and without a user namespace.
+  for (const extra of [[], ['-U']]) {
+    const name = `t-cli-m2${extra.length ? 'u' : ''}`;
+    const ct = spawn(join(MCTL, '..', 'mctl-nspawn'), ['-q', '--register=yes', '--read-only', '--console=pipe', '-D', debianTree(), '-M', name, ...extra, '/bin/sleep', '300'], { env: svc.env, stdio: 'ignore' });
+    try {
+      for (let i = 0; mctl(svc, ['status', name]).status !== 0; i++) {
+        assert.ok(i < 200 && ct.exitCode === null, `${name} did not register`);
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      const r = mctl(svc, ['shell', name, '/bin/sh', '-c', 'if [ . -ef / ]; then echo root; else echo elsewhere; fi; ls']);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stderr, '', 'no getcwd() complaint');
+      const [where, ...listing] = r.stdout.trim().split('\n');
+      assert.equal(where, 'root', `${extra.join(' ')}: cwd is the container's /`);
+      assert.deepEqual(listing.sort(), readdirSync(debianTree()).filter((n) => !n.startsWith('.')).sort(), 'relative paths name the container\'s files');
+    } finally {
+      ct.kill('SIGTERM');
+      await new Promise((res) => (ct.exitCode !== null || ct.signalCode !== null ? res(null) : ct.once('exit', res)));
+    }
+  }
 });
 
 test('shell NAME CMD on a terminal: the command gets a PTY of its own and its status comes back', async () => {
