@@ -12,6 +12,7 @@ import { capabilityMask } from './capabilities.js';
 import { loadExecve, nativeFile, spawnWithReport } from '../sys/native-addon.js';
 import { containerEnvironment, formatUuid, resolveUser, ROOT_USER, type ResolvedUser } from './payload-env.js';
 import { INIT_CANDIDATES, type ContainerSpec } from './spec.js';
+import { formatCpuList } from './process-attrs.js';
 
 /**
  * Called after the container's namespaces exist and (with a user namespace) its uid/gid maps
@@ -92,6 +93,9 @@ export function helperArgs(spec: ContainerSpec, user: ResolvedUser, env: readonl
   const limit = (v: bigint | null): string => (v === null ? 'infinity' : v.toString());
   for (const r of spec.rlimits ?? []) a.push('rlimit', String(r.resource), limit(r.soft), limit(r.hard));
   if (spec.oomScoreAdjust !== undefined) a.push('oom-score-adjust', String(spec.oomScoreAdjust));
+  if (spec.cpuAffinity?.length) a.push('cpu-affinity', formatCpuList(spec.cpuAffinity));
+  // personality(2) values: PER_LINUX32 (x86 on an x86-64 host), PER_LINUX
+  if (spec.personality) a.push('personality', spec.personality === 'x86' ? '8' : '0');
   const userns = spec.namespaces.userNamespace;
   if (userns) a.push(...(userns.pickLockDir ? ['userns-pick', userns.pickLockDir] : ['userns', String(userns.uidShift), String(userns.uidRange)]));
   if (userns?.rootView) a.push('userns-root', userns.rootView.kind, userns.rootView.at);

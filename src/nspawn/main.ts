@@ -165,6 +165,8 @@ runMain('mctl-nspawn', async () => {
       quiet: cl.quiet,
       rlimits: Object.entries(o.rlimits ?? {}).map(([name, l]) => ({ resource: RLIMIT_NAMES.indexOf(name as RlimitName), soft: l.soft, hard: l.hard })),
       ...(o.oomScoreAdjust !== undefined ? { oomScoreAdjust: o.oomScoreAdjust } : {}),
+      ...(o.cpuAffinity !== undefined ? { cpuAffinity: o.cpuAffinity } : {}),
+      ...(o.personality !== undefined ? { personality: o.personality } : {}),
     };
 
     const { Registration, registrationPlan } = await import('./register.js');

@@ -9,6 +9,7 @@ import { CAPABILITY_NAMES, capabilityNumber } from './capabilities.js';
 // network.ts pulls in the whole networking stack: only its types here; main.ts loads it when needed.
 import type { NetOptionDef, NetworkSettings as NetworkOptionSettings, UsernsSettings } from './network.js';
 import { parseOomScoreAdjust, parseRlimitAssignment, type Rlimits } from './rlimits.js';
+import { parseCpuAffinity, parsePersonality, type Personality } from './process-attrs.js';
 import { readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 
@@ -90,6 +91,10 @@ export interface ContainerOptions {
   rlimits?: Rlimits;
   /** --oom-score-adjust= / OOMScoreAdjust=. */
   oomScoreAdjust?: number;
+  /** --cpu-affinity= / CPUAffinity=: the CPUs (ascending); empty = no affinity set. */
+  cpuAffinity?: number[];
+  /** --personality= / Personality=. */
+  personality?: Personality;
 }
 
 export interface CommandLine {
@@ -466,6 +471,8 @@ export const OPTIONS: OptionDef[] = [
     },
   },
   { long: 'oom-score-adjust', arg: 'required', apply: (cl, v) => void (cl.options.oomScoreAdjust = parseOomScoreAdjust(v!)) },
+  { long: 'cpu-affinity', arg: 'required', apply: (cl, v) => void (cl.options.cpuAffinity = parseCpuAffinity(v!)) },
+  { long: 'personality', arg: 'required', apply: (cl, v) => void (cl.options.personality = parsePersonality(v!)) },
   { long: 'resolv-conf', arg: 'required', apply: (cl, v) => void (cl.options.resolvConf = parseResolvConf(v!)) },
   { long: 'timezone', arg: 'required', apply: (cl, v) => void (cl.options.timezone = parseTimezone(v!)) },
   { long: 'link-journal', arg: 'required', apply: (cl, v) => void (cl.options.linkJournal = parseLinkJournal(v!)) },
@@ -669,6 +676,8 @@ Resources:
                             CORE, AS, CPU… (RLIMIT_ optional), LIMIT is
                             SOFT[:HARD] or infinity (default NOFILE: 1024 soft)
      --oom-score-adjust=N   OOM score adjustment of the payload (-1000..1000)
+     --cpu-affinity=CPUS    CPUs the payload may run on: numbers and ranges (0,2-3)
+     --personality=ARCH     Architecture uname reports inside: x86 or x86-64
 
 Integration:
      --resolv-conf=MODE     /etc/resolv.conf: off, copy-host, bind-host,

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { UserError } from '../common/errors.js';
 import { parseOomScoreAdjust, parseRlimitValue, RLIMIT_NAMES } from './rlimits.js';
+import { parseCpuAffinity, parsePersonality } from './process-attrs.js';
 import {
   ValueError, parseBoolean, parseVolatile, parseKillSignal, parseId128, parseHostnameValue, parseEnvironment,
   parseAbsolutePath, parseBind, parseTmpfs, parseOverlay, parseInaccessible, parseResolvConf, parseTimezone,
@@ -48,8 +49,7 @@ export interface SettingsFile {
 
 // Keys whose values are checked but which this launcher does not act on (yet).
 const UNSUPPORTED = new Set([
-  'Exec.PivotRoot', 'Exec.AmbientCapability', 'Exec.Personality', 'Exec.SystemCallFilter',
-  'Exec.CPUAffinity', 'Exec.SuppressSync', 'Files.BindUser',
+  'Exec.PivotRoot', 'Exec.AmbientCapability', 'Exec.SystemCallFilter', 'Exec.SuppressSync', 'Files.BindUser',
 ]);
 const LIMITS = RLIMIT_NAMES.map((l) => `Limit${l}`);
 
@@ -129,17 +129,17 @@ const KEYS: Record<string, Applier> = {
   'Exec.AmbientCapability': ignoreChecked(parseCapabilityList),
   'Exec.NoNewPrivileges': (s, v) => void (o(s).noNewPrivileges = parseBoolean(v)),
   'Exec.KillSignal': (s, v) => void (o(s).killSignal = parseKillSignal(v)),
-  'Exec.Personality': ignoreChecked((v) => {
-    if (!['x86', 'x86-64'].includes(v)) throw new ValueError(`unknown personality '${v}'`);
-  }),
+  'Exec.Personality': (s, v) => void (o(s).personality = parsePersonality(v)),
   'Exec.MachineID': (s, v) => void (o(s).uuid = parseId128(v)),
   'Exec.PrivateUsers': (s, v) => void (s.userNamespace.privateUsers = v),
   'Exec.NotifyReady': (s, v) => void (o(s).notifyReady = parseBoolean(v)),
   'Exec.SystemCallFilter': ignoreChecked(() => undefined),
   'Exec.OOMScoreAdjust': (s, v) => void (o(s).oomScoreAdjust = parseOomScoreAdjust(v)),
-  'Exec.CPUAffinity': ignoreChecked((v) => {
-    if (!/^[0-9,\s-]*$/.test(v)) throw new ValueError(`invalid CPU list '${v}'`);
-  }),
+  // repeated assignments extend the set, an empty one resets it (systemd's parse_cpu_set_extend)
+  'Exec.CPUAffinity': (s, v) => {
+    const cpus = parseCpuAffinity(v);
+    o(s).cpuAffinity = cpus.length === 0 ? [] : [...new Set([...(o(s).cpuAffinity ?? []), ...cpus])].sort((a, b) => a - b);
+  },
   'Exec.Hostname': (s, v) => void (o(s).hostname = parseHostnameValue(v)),
   'Exec.ResolvConf': (s, v) => void (o(s).resolvConf = parseResolvConf(v)),
   'Exec.Timezone': (s, v) => void (o(s).timezone = parseTimezone(v)),

@@ -186,6 +186,10 @@ export interface ContainerSpec {
   rlimits?: RlimitSpec[];
   /** --oom-score-adjust for the container's PID 1; undefined = inherit. */
   oomScoreAdjust?: number;
+  /** --cpu-affinity: the CPUs PID 1 (and so everything in the container) may run on; undefined or empty = inherit. */
+  cpuAffinity?: number[];
+  /** --personality: the architecture uname(2) reports inside; undefined = the host's. */
+  personality?: 'x86' | 'x86-64';
 }
 
 export interface RlimitSpec {

@@ -1,7 +1,8 @@
-// --link-journal (all modes), --rlimit and the default NOFILE limit, --oom-score-adjust, and the
-// clean-up of a persistent --overlay's work directory, end to end through bin/mctl-nspawn on an
-// overlay of the cached Debian tree. Each test fails if its option were ignored. Values are
-// compared with what stock systemd-nspawn 252 gives on this host (see docs/nspawn.md).
+// --link-journal (all modes), --rlimit and the default NOFILE limit, --oom-score-adjust,
+// --cpu-affinity, --personality, and the clean-up of a persistent --overlay's work directory, end
+// to end through bin/mctl-nspawn on an overlay of the cached Debian tree. Each test fails if its
+// option were ignored. Values are compared with what stock systemd-nspawn 252 gives on this host
+// (see docs/nspawn.md).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -187,6 +188,39 @@ test('bad --rlimit / --oom-score-adjust values: one line, exit 1', () => {
   } finally {
     rmSync(file, { force: true });
   }
+});
+
+test('--cpu-affinity and --personality reach the payload; CPUAffinity=/Personality= from a trusted file too', () => {
+  const last = Number(spawnSync('nproc', { encoding: 'utf8' }).stdout.trim()) - 1;
+  const own = readFileSync('/proc/self/status', 'utf8').match(/^Cpus_allowed_list:\s*(.*)$/m)?.[1];
+  const r = sh('grep Cpus_allowed_list /proc/self/status; uname -m', [`--cpu-affinity=${last}`, '--personality=x86']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, `Cpus_allowed_list:\t${last}\ni686\n`);
+  const plain = sh('grep Cpus_allowed_list /proc/self/status; uname -m');
+  assert.equal(plain.stdout, `Cpus_allowed_list:\t${own}\nx86_64\n`, 'inherited without the options');
+  assert.equal(sh('uname -m', ['--personality=x86-64']).stdout, 'x86_64\n');
+  const name = 't-nsp-rt-affinity';
+  const file = join(work, `${name}.nspawn`);
+  // repeated CPUAffinity= extend the set, as in systemd
+  writeFileSync(file, `[Exec]\nCPUAffinity=0\nCPUAffinity=${last}\nPersonality=x86\n`);
+  try {
+    const t = nspawn(['-q', '--pipe', '--register=no', '--settings=trusted', '-M', name, '-D', tree, '/bin/sh', '-c', 'grep Cpus_allowed_list /proc/self/status; uname -m']);
+    assert.equal(t.status, 0, t.stderr);
+    assert.equal(t.stdout, `Cpus_allowed_list:\t${last === 0 ? '0' : last === 1 ? '0-1' : `0,${last}`}\ni686\n`);
+    const c = nspawn(['-q', '--pipe', '--register=no', '--settings=trusted', '--cpu-affinity=0', '-M', name, '-D', tree, '/bin/sh', '-c', 'grep Cpus_allowed_list /proc/self/status']);
+    assert.equal(c.stdout, 'Cpus_allowed_list:\t0\n', 'the command line wins');
+  } finally {
+    rmSync(file, { force: true });
+  }
+});
+
+test('bad --cpu-affinity / --personality: one line, exit 1 (a CPU that is not there: when the payload would start)', () => {
+  assertRefused(nspawn(['--cpu-affinity=x', '-D', tree, 'true']), /^mctl-nspawn: --cpu-affinity: invalid CPU affinity 'x'/);
+  assertRefused(nspawn(['--cpu-affinity=3-1', '-D', tree, 'true']), /invalid CPU affinity '3-1'/);
+  assertRefused(nspawn(['--cpu-affinity=9000', '-D', tree, 'true']), /CPU 9000 is out of range/);
+  assertRefused(nspawn(['--personality=sparc', '-D', tree, 'true']), /^mctl-nspawn: --personality: unknown personality 'sparc'/);
+  const missing = Number(spawnSync('nproc', ['--all'], { encoding: 'utf8' }).stdout.trim()) + 5;
+  assertRefused(nspawn(['-q', '--register=no', `--cpu-affinity=${missing}`, '-D', tree, 'true']), /^mctl-nspawn: failed to set the CPU affinity .*: Invalid argument/);
 });
 
 test('a persistent --overlay keeps its upper layer and removes its work directory at exit', () => {

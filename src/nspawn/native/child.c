@@ -17,6 +17,7 @@
 #include <sys/fsuid.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
@@ -717,6 +718,34 @@ static void apply_resource_limits(const struct config *c)
 	}
 }
 
+/* --cpu-affinity ("0-3,8", checked by the front end) and --personality: inherited by everything
+ * PID 1 starts. */
+static void apply_cpu_affinity_and_personality(const struct config *c)
+{
+	if (c->cpu_affinity) {
+		enum { MAX_CPUS = 8192 };
+		cpu_set_t *set = CPU_ALLOC(MAX_CPUS);
+		size_t size = CPU_ALLOC_SIZE(MAX_CPUS);
+		if (!set)
+			fail("failed to set the CPU affinity: %s", strerror(ENOMEM));
+		CPU_ZERO_S(size, set);
+		char list[1024], *save = NULL;
+		snprintf(list, sizeof(list), "%s", c->cpu_affinity);
+		for (char *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+			unsigned long from = 0, to = 0;
+			if (sscanf(item, "%lu-%lu", &from, &to) != 2)
+				to = from;
+			for (unsigned long cpu = from; cpu <= to && cpu < MAX_CPUS; cpu++)
+				CPU_SET_S(cpu, size, set);
+		}
+		if (sched_setaffinity(0, size, set) < 0)
+			fail("failed to set the CPU affinity %s: %s", c->cpu_affinity, strerror(errno));
+		CPU_FREE(set);
+	}
+	if (c->personality >= 0 && personality((unsigned long)c->personality) < 0)
+		fail("failed to set the personality: %s", strerror(errno));
+}
+
 /* Everything under the root that the payload must get as it is: the root layers, /run, /proc
  * (without a user namespace), /sys, /dev, /tmp, cgroups (likewise), the spec's mounts, the console
  * and the notify socket (fds into FDS), /run/host and, with --read-only, the root made read-only. */
@@ -908,6 +937,7 @@ void child_main(const struct config *c, int sock)
 	}
 
 	apply_resource_limits(c);
+	apply_cpu_affinity_and_personality(c);
 
 	if (c->as_pid2) {
 		pid_t pid = fork();

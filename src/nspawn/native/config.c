@@ -28,6 +28,7 @@ int config_parse(struct config *c, int argc, char **argv)
 	c->chdir = "";
 	c->bus_address = "";
 	c->bus_fd = -1;
+	c->personality = -1;
 	c->net.alloc_lock_fd = -1;
 	c->net.machine_lock_fd = -1;
 	int i = 0;
@@ -93,7 +94,9 @@ int config_parse(struct config *c, int argc, char **argv)
 		} else if (!strcmp(k, "oom-score-adjust")) {
 			c->has_oom_score_adjust = true;
 			c->oom_score_adjust = atoi(v);
-		} else if (!strcmp(k, "bus")) c->bus_address = v;
+		} else if (!strcmp(k, "cpu-affinity")) c->cpu_affinity = v;
+		else if (!strcmp(k, "personality")) c->personality = (long)parse_ulong(k, v, 10);
+		else if (!strcmp(k, "bus")) c->bus_address = v;
 		else if (!strcmp(k, "bus-fd")) c->bus_fd = (int)parse_ulong(k, v, 10);
 		else if (!strcmp(k, "bus-trust")) {
 			/* bus-trust WELL-KNOWN-NAME OWNER */

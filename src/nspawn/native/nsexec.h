@@ -119,6 +119,8 @@ struct config {
 	size_t n_rlimits;
 	bool has_oom_score_adjust;
 	int oom_score_adjust;
+	const char *cpu_affinity; /* "0-3,8", NULL = inherit */
+	long personality;         /* personality(2) value, -1 = the host's */
 	struct { int host_port; const char *address; int container_port; } proxies[16]; /* proxy.c */
 	size_t n_proxies;
 	struct net_plan net;
