@@ -48,6 +48,16 @@ function environmentRecord(assignments: readonly string[]): Record<string, strin
   return env;
 }
 
+/** The bounding set with --ambient-capability's set, which must lie within it (nspawn's rule). */
+function ambientWithin(o: ContainerOptions, bounding: number[]): { bounding: number[]; ambient: number[] } {
+  const ambient = CAPABILITY_NAMES.map((_, i) => i).filter((i) => ((o.capabilityAmbient ?? 0n) >> BigInt(i)) & 1n);
+  const outside = ambient.filter((c) => !bounding.includes(c));
+  if (outside.length > 0) {
+    throw new UserError(`--ambient-capability: ${outside.map((c) => CAPABILITY_NAMES[c]!.toUpperCase()).join(', ')} not in the bounding set`, { hint: 'add it with --capability=' });
+  }
+  return { bounding, ambient };
+}
+
 function boundingSet(o: ContainerOptions, privateNetwork: boolean): number[] {
   let mask = 0n;
   for (const c of defaultBoundingSet(privateNetwork)) mask |= 1n << BigInt(c);
@@ -155,7 +165,7 @@ runMain('mctl-nspawn', async () => {
       namespaces: { privateNetwork, userNamespace: netUsers.userNamespace },
       loopbackForwards: netUsers.loopbackForwards,
       mounts: [...integration, ...plan.mounts],
-      capabilities: { bounding: boundingSet(o, privateNetwork), ambient: [] },
+      capabilities: ambientWithin(o, boundingSet(o, privateNetwork)),
       noNewPrivileges: o.noNewPrivileges ?? false,
       seccomp: true,
       hostFiles: credentialHostFiles(credentials),

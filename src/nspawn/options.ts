@@ -76,6 +76,8 @@ export interface ContainerOptions {
   keepUnit?: boolean;
   capabilityAdd?: bigint;
   capabilityDrop?: bigint;
+  /** --ambient-capability= / AmbientCapability=: raised in the payload's ambient (and inheritable) set. */
+  capabilityAmbient?: bigint;
   noNewPrivileges?: boolean;
   resolvConf?: ResolvConfMode;
   timezone?: TimezoneMode;
@@ -356,6 +358,12 @@ export function parseCapabilityList(text: string): bigint {
   return mask;
 }
 
+/** A capability list for the ambient set: as parseCapabilityList, without "all" (nspawn refuses it there). */
+export function parseAmbientCapabilityList(text: string): bigint {
+  if (text.split(/[,\s]+/).some((w) => w.toLowerCase() === 'all')) throw new ValueError("the value 'all' is not supported for ambient capabilities");
+  return parseCapabilityList(text);
+}
+
 export function parseUser(text: string): string {
   // A user name, or a numeric UID; resolved inside the container at start.
   if (text === '' || /[\s:/]/.test(text) || text.length > 256) throw new ValueError(`invalid user name '${text}'`);
@@ -459,6 +467,11 @@ export const OPTIONS: OptionDef[] = [
     long: 'drop-capability',
     arg: 'required',
     apply: (cl, v) => void (cl.options.capabilityDrop = (cl.options.capabilityDrop ?? 0n) | parseCapabilityList(v!)),
+  },
+  {
+    long: 'ambient-capability',
+    arg: 'required',
+    apply: (cl, v) => void (cl.options.capabilityAmbient = (cl.options.capabilityAmbient ?? 0n) | parseAmbientCapabilityList(v!)),
   },
   // nspawn requires the argument; we also take the bare flag (it can only mean "yes").
   { long: 'no-new-privileges', arg: 'optional', apply: (cl, v) => void (cl.options.noNewPrivileges = v === undefined ? true : parseBoolean(v)) },
@@ -624,6 +637,8 @@ export function checkConflicts(o: ContainerOptions): void {
   if (o.ephemeral && o.volatile !== undefined && o.volatile !== 'no') {
     throw new UserError('--ephemeral and --volatile= may not be combined');
   }
+  // (nspawn: "AmbientCapability= setting is not useful for boot mode")
+  if (o.capabilityAmbient && o.startMode === 'boot') throw new UserError('--ambient-capability= may not be combined with --boot');
 }
 
 /** The --help text; `networkHelp` is network.ts' NETWORK_HELP section. */
@@ -668,6 +683,9 @@ Properties:
 Security:
      --capability=CAP       Keep this capability in addition to the defaults
      --drop-capability=CAP  Drop this capability from the defaults
+     --ambient-capability=CAP
+                            Raise this capability in the payload's ambient set (it
+                            must be in the bounding set; not with --boot)
      --no-new-privileges[=BOOL]
                             Set PR_SET_NO_NEW_PRIVS for the payload
 

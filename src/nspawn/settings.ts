@@ -10,7 +10,7 @@ import { parseCpuAffinity, parsePersonality } from './process-attrs.js';
 import {
   ValueError, parseBoolean, parseVolatile, parseKillSignal, parseId128, parseHostnameValue, parseEnvironment,
   parseAbsolutePath, parseBind, parseTmpfs, parseOverlay, parseInaccessible, parseResolvConf, parseTimezone,
-  parseLinkJournal, parseCapabilityList, parseUser,
+  parseLinkJournal, parseCapabilityList, parseAmbientCapabilityList, parseUser,
   type ContainerOptions, type SettingsMode,
 } from './options.js';
 
@@ -49,7 +49,7 @@ export interface SettingsFile {
 
 // Keys whose values are checked but which this launcher does not act on (yet).
 const UNSUPPORTED = new Set([
-  'Exec.PivotRoot', 'Exec.AmbientCapability', 'Exec.SystemCallFilter', 'Exec.SuppressSync', 'Files.BindUser',
+  'Exec.PivotRoot', 'Exec.SystemCallFilter', 'Exec.SuppressSync', 'Files.BindUser',
 ]);
 const LIMITS = RLIMIT_NAMES.map((l) => `Limit${l}`);
 
@@ -126,7 +126,7 @@ const KEYS: Record<string, Applier> = {
   'Exec.PivotRoot': ignoreChecked((v) => v.split(':').forEach(parseAbsolutePath)),
   'Exec.Capability': (s, v) => void (o(s).capabilityAdd = (o(s).capabilityAdd ?? 0n) | parseCapabilityList(v)),
   'Exec.DropCapability': (s, v) => void (o(s).capabilityDrop = (o(s).capabilityDrop ?? 0n) | parseCapabilityList(v)),
-  'Exec.AmbientCapability': ignoreChecked(parseCapabilityList),
+  'Exec.AmbientCapability': (s, v) => void (o(s).capabilityAmbient = (o(s).capabilityAmbient ?? 0n) | parseAmbientCapabilityList(v)),
   'Exec.NoNewPrivileges': (s, v) => void (o(s).noNewPrivileges = parseBoolean(v)),
   'Exec.KillSignal': (s, v) => void (o(s).killSignal = parseKillSignal(v)),
   'Exec.Personality': (s, v) => void (o(s).personality = parsePersonality(v)),

@@ -624,6 +624,15 @@ static void set_process_caps(uint64_t keep, uint64_t inheritable)
 		fail("capset: %s", strerror(errno));
 }
 
+/* --ambient-capability: raised once the capability is permitted and inheritable; the payload's
+ * exec keeps it (for root too, as nspawn). */
+static void raise_ambient(const struct config *c)
+{
+	for (int cap = 0; cap < 64; cap++)
+		if ((c->caps_ambient & (1ULL << cap)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+			fail("failed to raise ambient capability %d: %s", cap, strerror(errno));
+}
+
 static void switch_user(const struct config *c)
 {
 	if (setgroups(c->n_groups, c->groups) < 0)
@@ -635,12 +644,12 @@ static void switch_user(const struct config *c)
 			fail("PR_SET_KEEPCAPS: %s", strerror(errno));
 		if (setresuid(c->uid, c->uid, c->uid) < 0)
 			fail("failed to change to user %u: %s", (unsigned)c->uid, strerror(errno));
-		if (c->caps_ambient) {
-			set_process_caps(c->caps_keep, c->caps_ambient);
-			for (int cap = 0; cap < 64; cap++)
-				if ((c->caps_ambient & (1ULL << cap)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
-					fail("failed to raise ambient capability %d: %s", cap, strerror(errno));
-		}
+		/* the inheritable set shrinks to the ambient one (none without it), as nspawn leaves it:
+		 * otherwise a file's inheritable capabilities would hand the user what root had */
+		set_process_caps(c->caps_keep, c->caps_ambient);
+		raise_ambient(c);
+	} else {
+		raise_ambient(c);
 	}
 }
 
