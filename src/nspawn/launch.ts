@@ -83,6 +83,7 @@ export function helperArgs(spec: ContainerSpec, user: ResolvedUser, env: readonl
     'ambient', hex(capabilityMask(spec.capabilities.ambient)),
     'no-new-privs', spec.noNewPrivileges ? '1' : '0',
     'seccomp', spec.seccomp ? '1' : '0',
+    'suppress-sync', spec.suppressSync ? '1' : '0',
     'notify-ready', spec.notifyReady ? '1' : '0',
     'quiet', spec.quiet ? '1' : '0',
     'cgroup', spec.cgroup ?? '',

@@ -167,6 +167,7 @@ runMain('mctl-nspawn', async () => {
       mounts: [...integration, ...plan.mounts],
       capabilities: ambientWithin(o, boundingSet(o, privateNetwork)),
       noNewPrivileges: o.noNewPrivileges ?? false,
+      ...(o.suppressSync ? { suppressSync: true } : {}),
       seccomp: true,
       hostFiles: credentialHostFiles(credentials),
       notifyReady: o.notifyReady ?? false,

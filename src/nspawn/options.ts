@@ -79,6 +79,8 @@ export interface ContainerOptions {
   /** --ambient-capability= / AmbientCapability=: raised in the payload's ambient (and inheritable) set. */
   capabilityAmbient?: bigint;
   noNewPrivileges?: boolean;
+  /** --suppress-sync= / SuppressSync=. */
+  suppressSync?: boolean;
   resolvConf?: ResolvConfMode;
   timezone?: TimezoneMode;
   linkJournal?: LinkJournalMode;
@@ -358,6 +360,13 @@ export function parseCapabilityList(text: string): bigint {
   return mask;
 }
 
+/** --suppress-sync=BOOL / SuppressSync=: its seccomp rules exist for x86-64 (and i386 payloads) only. */
+export function parseSuppressSync(text: string): boolean {
+  const on = parseBoolean(text);
+  if (on && process.arch !== 'x64') throw new ValueError('suppressing sync is not supported on this architecture');
+  return on;
+}
+
 /** A capability list for the ambient set: as parseCapabilityList, without "all" (nspawn refuses it there). */
 export function parseAmbientCapabilityList(text: string): bigint {
   if (text.split(/[,\s]+/).some((w) => w.toLowerCase() === 'all')) throw new ValueError("the value 'all' is not supported for ambient capabilities");
@@ -475,6 +484,7 @@ export const OPTIONS: OptionDef[] = [
   },
   // nspawn requires the argument; we also take the bare flag (it can only mean "yes").
   { long: 'no-new-privileges', arg: 'optional', apply: (cl, v) => void (cl.options.noNewPrivileges = v === undefined ? true : parseBoolean(v)) },
+  { long: 'suppress-sync', arg: 'required', apply: (cl, v) => void (cl.options.suppressSync = parseSuppressSync(v!)) },
   {
     long: 'rlimit',
     arg: 'required',
@@ -688,6 +698,8 @@ Security:
                             must be in the bounding set; not with --boot)
      --no-new-privileges[=BOOL]
                             Set PR_SET_NO_NEW_PRIVS for the payload
+     --suppress-sync=BOOL   Make sync(), fsync()… no-ops and refuse O_SYNC/O_DSYNC
+                            (fast, but data is at risk on a host crash)
 
 Resources:
      --rlimit=NAME=LIMIT    Resource limit for the payload: NAME is NOFILE, NPROC,

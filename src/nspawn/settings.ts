@@ -10,7 +10,7 @@ import { parseCpuAffinity, parsePersonality } from './process-attrs.js';
 import {
   ValueError, parseBoolean, parseVolatile, parseKillSignal, parseId128, parseHostnameValue, parseEnvironment,
   parseAbsolutePath, parseBind, parseTmpfs, parseOverlay, parseInaccessible, parseResolvConf, parseTimezone,
-  parseLinkJournal, parseCapabilityList, parseAmbientCapabilityList, parseUser,
+  parseLinkJournal, parseCapabilityList, parseAmbientCapabilityList, parseSuppressSync, parseUser,
   type ContainerOptions, type SettingsMode,
 } from './options.js';
 
@@ -49,7 +49,7 @@ export interface SettingsFile {
 
 // Keys whose values are checked but which this launcher does not act on (yet).
 const UNSUPPORTED = new Set([
-  'Exec.PivotRoot', 'Exec.SystemCallFilter', 'Exec.SuppressSync', 'Files.BindUser',
+  'Exec.PivotRoot', 'Exec.SystemCallFilter', 'Files.BindUser',
 ]);
 const LIMITS = RLIMIT_NAMES.map((l) => `Limit${l}`);
 
@@ -144,7 +144,7 @@ const KEYS: Record<string, Applier> = {
   'Exec.ResolvConf': (s, v) => void (o(s).resolvConf = parseResolvConf(v)),
   'Exec.Timezone': (s, v) => void (o(s).timezone = parseTimezone(v)),
   'Exec.LinkJournal': (s, v) => void (o(s).linkJournal = parseLinkJournal(v)),
-  'Exec.SuppressSync': ignoreChecked(parseBoolean),
+  'Exec.SuppressSync': (s, v) => void (o(s).suppressSync = parseSuppressSync(v)),
   ...Object.fromEntries(RLIMIT_NAMES.map((name) => [`Exec.Limit${name}`, (s: SettingsFile, v: string) => {
     o(s).rlimits = { ...o(s).rlimits, [name]: parseRlimitValue(name, v) };
   }])),

@@ -161,6 +161,8 @@ export interface ContainerSpec {
   capabilities: CapabilitySpec;
   /** PR_SET_NO_NEW_PRIVS for the payload (--no-new-privileges). */
   noNewPrivileges: boolean;
+  /** --suppress-sync: sync calls are no-ops, O_SYNC/O_DSYNC opens fail (seccomp). */
+  suppressSync?: boolean;
   /** Install the default seccomp filter (nspawn 252's allow-list); false only for debugging. */
   seccomp: boolean;
   /** Files placed in /run/host besides os-release, container-manager and container-uuid (added by the runtime). */

@@ -110,6 +110,43 @@ test('capability-gated groups follow the bounding set: @clock with CAP_SYS_TIME,
   assert.deepEqual(runProbe(NSPAWN, ['--capability=CAP_SYS_TIME', '--drop-capability=CAP_SYS_PTRACE'], calls), ['settimeofday-null ok', 'ptrace-bad EPERM', 'pidfd_getfd-bad EPERM']);
 });
 
+// --suppress-sync: calls whose unfiltered answer differs from the suppressed one (a descriptor
+// that is not open, a bad address, a zero-sized openat2: EBADF, ENOMEM, EFAULT, EINVAL), with
+// nspawn 252's answers under --suppress-sync=yes.
+const SYNC_CALLS: Array<[string, string, string, string, string]> = [
+  ['fsync-999', '74', '999', '0', '0'], // no such descriptor: EBADF, unless suppressed
+  ['fsync-negative', '74', '-1', '0', '0'], // outside 0..INT_MAX: never suppressed (as nspawn)
+  ['fdatasync-999', '75', '999', '0', '0'],
+  ['syncfs-999', '306', '999', '0', '0'],
+  ['sync_file_range-999', '277', '999', '0', '0'],
+  ['msync-bad', '26', '0', '4096', '4'],
+  ['open-O_DSYNC', '2', '0', '0x1000', '0'], // a NULL path: EFAULT, unless refused first
+  ['open-O_SYNC', '2', '0', '0x101000', '0'],
+  ['open-plain', '2', '0', '0', '0'],
+  ['openat-O_DSYNC', '257', '-100', '0', '0x1000'],
+  ['openat2', '437', '-100', '0', '0'],
+  ['i386-fsync-999', 'i118', '999', '0', '0'],
+  ['i386-open-O_SYNC', 'i5', '0', '0x101000', '0'],
+];
+const SYNC_SUPPRESSED = [
+  'fsync-999 ok', 'fsync-negative EBADF', 'fdatasync-999 ok', 'syncfs-999 ok', 'sync_file_range-999 ok', 'msync-bad ok', 'open-O_DSYNC EINVAL',
+  'open-O_SYNC EINVAL', 'open-plain EFAULT', 'openat-O_DSYNC EINVAL', 'openat2 ENOSYS', 'i386-fsync-999 ok', 'i386-open-O_SYNC EINVAL',
+];
+
+test('--suppress-sync: sync calls do nothing and succeed, O_SYNC/O_DSYNC opens EINVAL, openat2 ENOSYS (both ABIs)', () => {
+  const plain = runProbe(NSPAWN, [], SYNC_CALLS);
+  assert.deepEqual(plain, ['fsync-999 EBADF', 'fsync-negative EBADF', 'fdatasync-999 EBADF', 'syncfs-999 EBADF', 'sync_file_range-999 EBADF', 'msync-bad ENOMEM',
+    'open-O_DSYNC EFAULT', 'open-O_SYNC EFAULT', 'open-plain EFAULT', 'openat-O_DSYNC EFAULT', 'openat2 EINVAL', 'i386-fsync-999 EBADF', 'i386-open-O_SYNC EFAULT'],
+    'without the option, the kernel answers');
+  assert.deepEqual(runProbe(NSPAWN, ['--suppress-sync=yes'], SYNC_CALLS), SYNC_SUPPRESSED);
+  assert.deepEqual(runProbe(NSPAWN, ['--suppress-sync=no'], SYNC_CALLS), plain);
+  if (existsSync(STOCK)) {
+    // nspawn's i386 rules differ (libseccomp): compared on the x86-64 ABI
+    const x86_64 = SYNC_CALLS.filter(([n]) => !n.startsWith('i386'));
+    assert.deepEqual(runProbe(NSPAWN, ['--suppress-sync=yes'], x86_64), runProbe(STOCK, ['--suppress-sync=yes'], x86_64));
+  }
+});
+
 test('side by side with stock systemd-nspawn 252 on the same tree', { skip: !existsSync(STOCK) && 'systemd-nspawn is not installed' }, () => {
   const stock = runProbe(STOCK, []);
   const ours = runProbe(NSPAWN, []);

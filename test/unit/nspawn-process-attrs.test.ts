@@ -1,5 +1,6 @@
-// --cpu-affinity / CPUAffinity= and --personality / Personality= as systemd-nspawn 252 reads them
-// (checked against the stock binary: lists, ranges, the 8191 limit, an empty value resetting).
+// --cpu-affinity / CPUAffinity=, --personality / Personality= and --suppress-sync / SuppressSync=
+// as systemd-nspawn 252 reads them (checked against the stock binary: lists, ranges, the 8191
+// limit, an empty value resetting).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { formatCpuList, parseCpuAffinity, parsePersonality } from '../../src/nspawn/process-attrs.js';
@@ -32,4 +33,12 @@ test('CPUAffinity= repeated extends, empty resets; the command line wins unless 
   assert.deepEqual(file.unsupported, []);
   // not from a file next to the image: CPUAffinity= is among nspawn's untrusted-ignored keys
   assert.equal(parseSettings('[Exec]\nCPUAffinity=0\n', '/var/lib/machines/x.nspawn', false).options.cpuAffinity, undefined);
+});
+
+test('SuppressSync= and --suppress-sync: a boolean', async () => {
+  const { parseSuppressSync } = await import('../../src/nspawn/options.js');
+  assert.equal(parseSuppressSync('yes'), true);
+  assert.equal(parseSuppressSync('0'), false);
+  assert.throws(() => parseSuppressSync('maybe'), /not a boolean/);
+  assert.equal(parseSettings('[Exec]\nSuppressSync=yes\n', '/var/lib/machines/x.nspawn', false).options.suppressSync, true, 'allowed in an untrusted file, as in nspawn');
 });

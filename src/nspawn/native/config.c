@@ -73,6 +73,7 @@ int config_parse(struct config *c, int argc, char **argv)
 		else if (!strcmp(k, "ambient")) c->caps_ambient = parse_ulong(k, v, 16);
 		else if (!strcmp(k, "no-new-privs")) c->no_new_privs = parse_bool(v);
 		else if (!strcmp(k, "seccomp")) c->seccomp = parse_bool(v);
+		else if (!strcmp(k, "suppress-sync")) c->suppress_sync = parse_bool(v);
 		else if (!strcmp(k, "notify-ready")) c->notify_ready = parse_bool(v);
 		else if (!strcmp(k, "quiet")) c->quiet = parse_bool(v);
 		else if (!strcmp(k, "cgroup")) c->cgroup = v;

@@ -93,6 +93,7 @@ struct config {
 	uint64_t caps_ambient;
 	bool no_new_privs;
 	bool seccomp;
+	bool suppress_sync;
 	bool notify_ready;
 	bool quiet;
 	const char *cgroup; /* "" = create a fresh sub-cgroup of ours */
@@ -190,7 +191,7 @@ void net_child_close(const struct config *c); /* in the container child: fds tha
 void net_bring_up_loopback(void); /* in the container child, with a private network */
 
 /* seccomp.c */
-int seccomp_install_default(uint64_t caps);
+int seccomp_install_default(uint64_t caps, bool suppress_sync);
 
 /* userns.c: range picking and the root view (keys userns-pick, userns-root) */
 int userns_config_key(struct config *c, int argc, char **argv);

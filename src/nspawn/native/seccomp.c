@@ -10,7 +10,13 @@
  *
  * The program checks the system call number in chunks of 32: one range test per chunk, then a
  * bit test against the chunk's allowed and known masks, so a call costs at most ~15 range tests
- * instead of a walk over 400 comparisons. */
+ * instead of a walk over 400 comparisons.
+ *
+ * --suppress-sync adds nspawn's rules in front (as systemd-nspawn 252 answers them, measured):
+ * sync and msync succeed without doing anything, and so do fsync, fdatasync, syncfs and
+ * sync_file_range on a file descriptor number 0..INT_MAX (others reach the kernel: EBADF);
+ * open/openat with O_SYNC or O_DSYNC fail with EINVAL; openat2 (whose flags live in a struct a
+ * filter cannot read) with ENOSYS, so libc falls back to openat. */
 #include "nsexec.h"
 
 #include <errno.h>
@@ -63,6 +69,48 @@ static void audit_socket_rule(struct prog *p, unsigned socket_nr)
 	STMT(p, BPF_RET | BPF_K, RET_ERRNO(EAFNOSUPPORT));
 }
 
+/* One ABI's system call numbers for --suppress-sync. */
+struct sync_calls {
+	unsigned no_ops[2]; /* sync msync */
+	unsigned fd_no_ops[4]; /* fsync fdatasync syncfs sync_file_range */
+	unsigned open, openat, openat2;
+};
+static const struct sync_calls sync_x86_64 = { { 162, 26 }, { 74, 75, 306, 277 }, 2, 257, 437 };
+static const struct sync_calls sync_i386 = { { 36, 144 }, { 118, 148, 344, 314 }, 5, 295, 437 };
+
+/* O_DSYNC (also part of O_SYNC) in flags argument ARG → EINVAL; leaves the number in A. */
+static void sync_open_rule(struct prog *p, unsigned nr, unsigned arg)
+{
+	JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 4);
+	STMT(p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]) + 8 * arg);
+	JUMP(p, BPF_JMP | BPF_JSET | BPF_K, 010000 /* O_DSYNC */, 0, 1);
+	STMT(p, BPF_RET | BPF_K, RET_ERRNO(EINVAL));
+	LOAD_NR(p);
+}
+
+/* --suppress-sync, the number already in A (and left there). */
+static void suppress_sync_rules(struct prog *p, const struct sync_calls *s)
+{
+	for (size_t i = 0; i < N(s->no_ops); i++) {
+		JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, s->no_ops[i], 0, 1);
+		STMT(p, BPF_RET | BPF_K, RET_ERRNO(0)); /* "succeeds" */
+	}
+	for (size_t i = 0; i < N(s->fd_no_ops); i++) {
+		/* only for a descriptor number 0..INT_MAX (the 64-bit argument), as nspawn */
+		JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, s->fd_no_ops[i], 0, 6);
+		STMT(p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]) + 4);
+		JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 3);
+		STMT(p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+		JUMP(p, BPF_JMP | BPF_JGE | BPF_K, 0x80000000u, 1, 0);
+		STMT(p, BPF_RET | BPF_K, RET_ERRNO(0));
+		LOAD_NR(p);
+	}
+	sync_open_rule(p, s->open, 1);
+	sync_open_rule(p, s->openat, 2);
+	JUMP(p, BPF_JMP | BPF_JEQ | BPF_K, s->openat2, 0, 1);
+	STMT(p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
+}
+
 /* The allow/known classification of one ABI, the number already in A. */
 static void classify(struct prog *p, const struct allowed_syscall *allowed, size_t n_allowed, const unsigned short *known,
 		     size_t n_known, uint64_t caps)
@@ -93,28 +141,31 @@ static void classify(struct prog *p, const struct allowed_syscall *allowed, size
 	STMT(p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
 }
 
-int seccomp_install_default(uint64_t caps)
+int seccomp_install_default(uint64_t caps, bool suppress_sync)
 {
 	static struct prog p;
 	p.n = 0;
 	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
-	size_t to_i386 = JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 0); /* jf patched */
+	JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+	/* to the i386 part: an unconditional jump takes a 32-bit offset (conditional ones 8 bits) */
+	size_t to_i386 = JUMP(&p, BPF_JMP | BPF_JA, 0, 0, 0); /* k patched */
 	LOAD_NR(&p);
 	/* x32 shares the arch value and sets bit 30 of the number: answered as by a kernel without
 	 * x32 (what nspawn's container sees on such a kernel, which Debian's is) */
 	JUMP(&p, BPF_JMP | BPF_JSET | BPF_K, 0x40000000u, 0, 1);
 	STMT(&p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
 	audit_socket_rule(&p, SOCKET_X86_64);
+	if (suppress_sync)
+		suppress_sync_rules(&p, &sync_x86_64);
 	classify(&p, allowed_x86_64, N(allowed_x86_64), known_x86_64, N(known_x86_64), caps);
-	size_t i386 = p.n;
-	if (i386 - to_i386 - 1 > 255)
-		return errno = E2BIG, -1;
-	p.f[to_i386].jf = (unsigned char)(i386 - to_i386 - 1);
+	p.f[to_i386].k = (uint32_t)(p.n - to_i386 - 1);
 	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
 	JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 1, 0);
 	STMT(&p, BPF_RET | BPF_K, SECCOMP_RET_ALLOW); /* no other ABI can run here */
 	LOAD_NR(&p);
 	audit_socket_rule(&p, SOCKET_I386);
+	if (suppress_sync)
+		suppress_sync_rules(&p, &sync_i386);
 	classify(&p, allowed_i386, N(allowed_i386), known_i386, N(known_i386), caps);
 	if (p.overflow)
 		return errno = E2BIG, -1;
@@ -134,9 +185,11 @@ static const unsigned blocked_native[] = {
 #define NATIVE_ARCH AUDIT_ARCH_AARCH64
 #endif
 
-int seccomp_install_default(uint64_t caps)
+int seccomp_install_default(uint64_t caps, bool suppress_sync)
 {
 	(void)caps;
+	if (suppress_sync)
+		return errno = EOPNOTSUPP, -1; /* the front end refuses it on these architectures */
 	static struct prog p;
 	p.n = 0;
 	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
