@@ -95,6 +95,8 @@ export function helperArgs(spec: ContainerSpec, user: ResolvedUser, env: readonl
   for (const r of spec.rlimits ?? []) a.push('rlimit', String(r.resource), limit(r.soft), limit(r.hard));
   if (spec.oomScoreAdjust !== undefined) a.push('oom-score-adjust', String(spec.oomScoreAdjust));
   if (spec.cpuAffinity?.length) a.push('cpu-affinity', formatCpuList(spec.cpuAffinity));
+  for (const item of spec.syscallFilter?.allow ?? []) a.push('syscall-allow', item);
+  for (const item of spec.syscallFilter?.deny ?? []) a.push('syscall-deny', item);
   // personality(2) values: PER_LINUX32 (x86 on an x86-64 host), PER_LINUX
   if (spec.personality) a.push('personality', spec.personality === 'x86' ? '8' : '0');
   const userns = spec.namespaces.userNamespace;

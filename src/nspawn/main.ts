@@ -168,6 +168,7 @@ runMain('mctl-nspawn', async () => {
       capabilities: ambientWithin(o, boundingSet(o, privateNetwork)),
       noNewPrivileges: o.noNewPrivileges ?? false,
       ...(o.suppressSync ? { suppressSync: true } : {}),
+      ...(o.syscallFilter ? { syscallFilter: o.syscallFilter } : {}),
       seccomp: true,
       hostFiles: credentialHostFiles(credentials),
       notifyReady: o.notifyReady ?? false,

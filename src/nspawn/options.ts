@@ -81,6 +81,8 @@ export interface ContainerOptions {
   noNewPrivileges?: boolean;
   /** --suppress-sync= / SuppressSync=. */
   suppressSync?: boolean;
+  /** --system-call-filter= / SystemCallFilter=: names and @groups added to nspawn's allow-list, or (deny) removed from it. */
+  syscallFilter?: SyscallFilter;
   resolvConf?: ResolvConfMode;
   timezone?: TimezoneMode;
   linkJournal?: LinkJournalMode;
@@ -367,6 +369,26 @@ export function parseSuppressSync(text: string): boolean {
   return on;
 }
 
+export interface SyscallFilter {
+  allow: string[];
+  deny: string[];
+}
+
+/**
+ * One --system-call-filter= / SystemCallFilter= value: whitespace-separated system call names
+ * and @groups, all removed from the allow-list when the value starts with "~"; values add up
+ * (nspawn's rule). Names and groups are checked against systemd 252's by the runtime.
+ */
+export function addSyscallFilter(cur: SyscallFilter | undefined, text: string): SyscallFilter {
+  const deny = text.startsWith('~');
+  const items = (deny ? text.slice(1) : text).split(/\s+/).filter((w) => w !== '');
+  for (const item of items) if (!/^@?[a-z0-9_-]+$/.test(item)) throw new ValueError(`invalid system call or group name '${item}'`);
+  if (process.arch !== 'x64' && items.length > 0) throw new ValueError('system call filters are not supported on this architecture');
+  const next = { allow: [...(cur?.allow ?? [])], deny: [...(cur?.deny ?? [])] };
+  next[deny ? 'deny' : 'allow'].push(...items);
+  return next;
+}
+
 /** A capability list for the ambient set: as parseCapabilityList, without "all" (nspawn refuses it there). */
 export function parseAmbientCapabilityList(text: string): bigint {
   if (text.split(/[,\s]+/).some((w) => w.toLowerCase() === 'all')) throw new ValueError("the value 'all' is not supported for ambient capabilities");
@@ -485,6 +507,7 @@ export const OPTIONS: OptionDef[] = [
   // nspawn requires the argument; we also take the bare flag (it can only mean "yes").
   { long: 'no-new-privileges', arg: 'optional', apply: (cl, v) => void (cl.options.noNewPrivileges = v === undefined ? true : parseBoolean(v)) },
   { long: 'suppress-sync', arg: 'required', apply: (cl, v) => void (cl.options.suppressSync = parseSuppressSync(v!)) },
+  { long: 'system-call-filter', arg: 'required', apply: (cl, v) => void (cl.options.syscallFilter = addSyscallFilter(cl.options.syscallFilter, v!)) },
   {
     long: 'rlimit',
     arg: 'required',
@@ -700,6 +723,9 @@ Security:
                             Set PR_SET_NO_NEW_PRIVS for the payload
      --suppress-sync=BOOL   Make sync(), fsync()… no-ops and refuse O_SYNC/O_DSYNC
                             (fast, but data is at risk on a host crash)
+     --system-call-filter=LIST
+                            Allow these system calls or @groups in addition to the
+                            defaults; with a leading ~, refuse them (EPERM)
 
 Resources:
      --rlimit=NAME=LIMIT    Resource limit for the payload: NAME is NOFILE, NPROC,

@@ -10,7 +10,7 @@ import { parseCpuAffinity, parsePersonality } from './process-attrs.js';
 import {
   ValueError, parseBoolean, parseVolatile, parseKillSignal, parseId128, parseHostnameValue, parseEnvironment,
   parseAbsolutePath, parseBind, parseTmpfs, parseOverlay, parseInaccessible, parseResolvConf, parseTimezone,
-  parseLinkJournal, parseCapabilityList, parseAmbientCapabilityList, parseSuppressSync, parseUser,
+  parseLinkJournal, parseCapabilityList, parseAmbientCapabilityList, parseSuppressSync, addSyscallFilter, parseUser,
   type ContainerOptions, type SettingsMode,
 } from './options.js';
 
@@ -49,7 +49,7 @@ export interface SettingsFile {
 
 // Keys whose values are checked but which this launcher does not act on (yet).
 const UNSUPPORTED = new Set([
-  'Exec.PivotRoot', 'Exec.SystemCallFilter', 'Files.BindUser',
+  'Exec.PivotRoot', 'Files.BindUser',
 ]);
 const LIMITS = RLIMIT_NAMES.map((l) => `Limit${l}`);
 
@@ -133,7 +133,7 @@ const KEYS: Record<string, Applier> = {
   'Exec.MachineID': (s, v) => void (o(s).uuid = parseId128(v)),
   'Exec.PrivateUsers': (s, v) => void (s.userNamespace.privateUsers = v),
   'Exec.NotifyReady': (s, v) => void (o(s).notifyReady = parseBoolean(v)),
-  'Exec.SystemCallFilter': ignoreChecked(() => undefined),
+  'Exec.SystemCallFilter': (s, v) => void (o(s).syscallFilter = addSyscallFilter(o(s).syscallFilter, v)),
   'Exec.OOMScoreAdjust': (s, v) => void (o(s).oomScoreAdjust = parseOomScoreAdjust(v)),
   // repeated assignments extend the set, an empty one resets it (systemd's parse_cpu_set_extend)
   'Exec.CPUAffinity': (s, v) => {

@@ -163,6 +163,8 @@ export interface ContainerSpec {
   noNewPrivileges: boolean;
   /** --suppress-sync: sync calls are no-ops, O_SYNC/O_DSYNC opens fail (seccomp). */
   suppressSync?: boolean;
+  /** --system-call-filter: names and @groups added to / removed from the seccomp allow-list. */
+  syscallFilter?: { allow: string[]; deny: string[] };
   /** Install the default seccomp filter (nspawn 252's allow-list); false only for debugging. */
   seccomp: boolean;
   /** Files placed in /run/host besides os-release, container-manager and container-uuid (added by the runtime). */

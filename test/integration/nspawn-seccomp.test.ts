@@ -147,6 +147,34 @@ test('--suppress-sync: sync calls do nothing and succeed, O_SYNC/O_DSYNC opens E
   }
 });
 
+test('--system-call-filter adds names and @groups to the allow-list; with ~ it removes them, and removal wins', () => {
+  const calls = CALLS.filter(([n]) => ['getpid', 'perf_event_open', 'keyctl', 'i386-keyctl'].includes(n));
+  const answers = (opts: string[]) => runProbe(NSPAWN, opts, calls);
+  assert.deepEqual(answers([]), ['getpid ok', 'keyctl EPERM', 'perf_event_open EPERM', 'i386-keyctl EPERM']);
+  // perf_event_open(NULL): EFAULT from the kernel once allowed; keyctl(0, 0, 0): EINVAL (both ABIs)
+  assert.deepEqual(answers(['--system-call-filter=perf_event_open keyctl']), ['getpid ok', 'keyctl EINVAL', 'perf_event_open EFAULT', 'i386-keyctl EINVAL']);
+  assert.deepEqual(answers(['--system-call-filter=@debug']), ['getpid ok', 'keyctl EPERM', 'perf_event_open EFAULT', 'i386-keyctl EPERM']);
+  assert.deepEqual(answers(['--system-call-filter=~getpid']), ['getpid EPERM', 'keyctl EPERM', 'perf_event_open EPERM', 'i386-keyctl EPERM']);
+  assert.deepEqual(answers(['--system-call-filter=keyctl', '--system-call-filter=~keyctl @debug']), ['getpid ok', 'keyctl EPERM', 'perf_event_open EPERM', 'i386-keyctl EPERM']);
+  assert.deepEqual(answers(['--system-call-filter=cacheflush']), answers([]), 'another architecture\'s call is accepted and changes nothing');
+  if (existsSync(STOCK)) {
+    for (const opts of [['--system-call-filter=perf_event_open keyctl'], ['--system-call-filter=@debug'], ['--system-call-filter=~getpid'], ['--system-call-filter=keyctl', '--system-call-filter=~keyctl']]) {
+      const x86_64 = calls.filter(([n]) => !n.startsWith('i386'));
+      assert.deepEqual(runProbe(NSPAWN, opts, x86_64), runProbe(STOCK, opts, x86_64), opts.join(' '));
+    }
+  }
+  // unknown names (of no architecture) and groups: one line, exit 1 (nspawn ignores them)
+  for (const [opt, msg] of [
+    ['--system-call-filter=nosuchcall', /^mctl-nspawn: --system-call-filter: unknown system call 'nosuchcall'$/],
+    ['--system-call-filter=@nosuchgroup', /^mctl-nspawn: --system-call-filter: unknown system call group '@nosuchgroup'$/],
+    ['--system-call-filter=bad/name', /^mctl-nspawn: --system-call-filter: invalid system call or group name 'bad\/name'$/],
+  ] as Array<[string, RegExp]>) {
+    const r = spawnSync(NSPAWN, ['-q', '--register=no', '--read-only', '--pipe', '-D', tree, opt, '/bin/true'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr.trim(), msg);
+  }
+});
+
 test('side by side with stock systemd-nspawn 252 on the same tree', { skip: !existsSync(STOCK) && 'systemd-nspawn is not installed' }, () => {
   const stock = runProbe(STOCK, []);
   const ours = runProbe(NSPAWN, []);

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync, mkdirSync, rmSync, chmodSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadSettings, mergeSettings, parseSettings, splitWords } from '../../src/nspawn/settings.js';
-import { parseCommandLine } from '../../src/nspawn/options.js';
+import { parseCommandLine, addSyscallFilter } from '../../src/nspawn/options.js';
 import { UserError } from '../../src/common/errors.js';
 
 let dir: string;
@@ -171,4 +171,13 @@ test('merge: command line wins with yes/trusted, the file wins with override', (
 
 test('word splitting follows systemd quoting', () => {
   assert.deepEqual(splitWords(` a "b c" 'd "e"' f\\ g "h\\"i" `), ['a', 'b c', 'd "e"', 'f g', 'h"i']);
+});
+
+test('SystemCallFilter= and --system-call-filter: values add up, "~" removes, odd names refused', () => {
+  const f = parseSettings('[Exec]\nSystemCallFilter=@debug keyctl\nSystemCallFilter=~getpid\n', '/etc/systemd/nspawn/x.nspawn', true);
+  assert.deepEqual(f.options.syscallFilter, { allow: ['@debug', 'keyctl'], deny: ['getpid'] });
+  assert.deepEqual(f.unsupported, []);
+  assert.equal(parseSettings('[Exec]\nSystemCallFilter=keyctl\n', '/var/lib/machines/x.nspawn', false).options.syscallFilter, undefined, 'not from an untrusted file');
+  assert.deepEqual(addSyscallFilter({ allow: ['a'], deny: [] }, '~b c'), { allow: ['a'], deny: ['b', 'c'] });
+  assert.throws(() => addSyscallFilter(undefined, 'a;b'), /invalid system call or group name 'a;b'/);
 });

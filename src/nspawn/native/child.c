@@ -967,7 +967,7 @@ void child_main(const struct config *c, int sock)
 		fail("failed to change to directory %s: %s", dir, strerror(errno));
 
 	drop_capabilities(c);
-	if (c->seccomp && seccomp_install_default(c->caps_keep, c->suppress_sync) < 0)
+	if (c->seccomp && seccomp_install_default(c) < 0)
 		fail("failed to install the seccomp filter: %s", strerror(errno));
 	set_process_caps(c->caps_keep, c->caps_keep);
 	switch_user(c);

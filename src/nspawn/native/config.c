@@ -74,6 +74,17 @@ int config_parse(struct config *c, int argc, char **argv)
 		else if (!strcmp(k, "no-new-privs")) c->no_new_privs = parse_bool(v);
 		else if (!strcmp(k, "seccomp")) c->seccomp = parse_bool(v);
 		else if (!strcmp(k, "suppress-sync")) c->suppress_sync = parse_bool(v);
+		else if (!strcmp(k, "syscall-allow") || !strcmp(k, "syscall-deny")) {
+			/* syscall-allow|syscall-deny NAME|@GROUP */
+			bool allow = k[8] == 'a';
+			/* a name of another architecture is accepted (and does nothing here), as by nspawn;
+			 * an unknown group, which nspawn ignores with a warning, is an error */
+			if (!seccomp_filter_item_known(v))
+				die("--system-call-filter: unknown system call %s'%s'", v[0] == '@' ? "group " : "", v);
+			size_t *n = allow ? &c->n_syscall_allow : &c->n_syscall_deny;
+			if (*n >= MAX_ITEMS) die("too many --system-call-filter entries");
+			(allow ? c->syscall_allow : c->syscall_deny)[(*n)++] = v;
+		}
 		else if (!strcmp(k, "notify-ready")) c->notify_ready = parse_bool(v);
 		else if (!strcmp(k, "quiet")) c->quiet = parse_bool(v);
 		else if (!strcmp(k, "cgroup")) c->cgroup = v;

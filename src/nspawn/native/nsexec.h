@@ -94,6 +94,10 @@ struct config {
 	bool no_new_privs;
 	bool seccomp;
 	bool suppress_sync;
+	const char *syscall_allow[MAX_ITEMS]; /* --system-call-filter: names and @groups added ... */
+	size_t n_syscall_allow;
+	const char *syscall_deny[MAX_ITEMS];  /* ... and removed (removal wins) */
+	size_t n_syscall_deny;
 	bool notify_ready;
 	bool quiet;
 	const char *cgroup; /* "" = create a fresh sub-cgroup of ours */
@@ -191,7 +195,8 @@ void net_child_close(const struct config *c); /* in the container child: fds tha
 void net_bring_up_loopback(void); /* in the container child, with a private network */
 
 /* seccomp.c */
-int seccomp_install_default(uint64_t caps, bool suppress_sync);
+int seccomp_install_default(const struct config *c);
+bool seccomp_filter_item_known(const char *item); /* a system call name or @group of systemd 252 */
 
 /* userns.c: range picking and the root view (keys userns-pick, userns-root) */
 int userns_config_key(struct config *c, int argc, char **argv);

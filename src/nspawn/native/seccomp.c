@@ -25,6 +25,9 @@
 #include <linux/netlink.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 
@@ -111,14 +114,76 @@ static void suppress_sync_rules(struct prog *p, const struct sync_calls *s)
 	STMT(p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
 }
 
-/* The allow/known classification of one ABI, the number already in A. */
-static void classify(struct prog *p, const struct allowed_syscall *allowed, size_t n_allowed, const unsigned short *known,
-		     size_t n_known, uint64_t caps)
+static int by_name(const void *key, const void *entry)
 {
-	uint32_t allow[CHUNKS] = { 0 }, knows[CHUNKS] = { 0 };
+	return strcmp(key, ((const struct syscall_name *)entry)->name);
+}
+
+/* Set NAME's bit in BITS for the ABI (i386 or x86-64); a call that ABI lacks is skipped. */
+static void mark_call(uint32_t *bits, const char *name, bool i386)
+{
+	const struct syscall_name *n = bsearch(name, syscall_names, N(syscall_names), sizeof(syscall_names[0]), by_name);
+	int nr = !n ? -1 : i386 ? n->i386 : n->x86_64;
+	if (nr >= 0 && nr < CHUNKS * 32)
+		bits[nr / 32] |= 1u << (nr % 32);
+}
+
+static const struct syscall_group *find_group(const char *name)
+{
+	for (size_t i = 0; i < N(syscall_groups); i++)
+		if (!strcmp(syscall_groups[i].name, name))
+			return &syscall_groups[i];
+	return NULL;
+}
+
+/* --system-call-filter's items (names and @groups) as bits of one ABI. */
+static void mark_items(uint32_t *bits, const char *const *items, size_t n, bool i386)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct syscall_group *g = items[i][0] == '@' ? find_group(items[i]) : NULL;
+		if (!g) {
+			mark_call(bits, items[i], i386);
+			continue;
+		}
+		for (const char *m = g->members; *m;) {
+			size_t len = strcspn(m, " ");
+			char name[64];
+			snprintf(name, sizeof(name), "%.*s", (int)len, m);
+			mark_call(bits, name, i386);
+			m += len + (m[len] == ' ');
+		}
+	}
+}
+
+bool seccomp_filter_item_known(const char *item)
+{
+	if (item[0] == '@')
+		return find_group(item) != NULL;
+	if (bsearch(item, syscall_names, N(syscall_names), sizeof(syscall_names[0]), by_name))
+		return true;
+	/* another architecture's call (systemd's @known has them all): nothing to do here */
+	const struct syscall_group *known = find_group("@known");
+	size_t len = strlen(item);
+	for (const char *m = known ? known->members : ""; (m = strstr(m, item)); m += len)
+		if ((m == known->members || m[-1] == ' ') && (m[len] == ' ' || m[len] == '\0'))
+			return true;
+	return false;
+}
+
+/* The allow/known classification of one ABI, the number already in A: nspawn's allow-list
+ * (capability-gated entries with their capability), plus --system-call-filter's additions, minus
+ * its removals (which win). */
+static void classify(struct prog *p, const struct allowed_syscall *allowed, size_t n_allowed, const unsigned short *known,
+		     size_t n_known, const struct config *c, bool i386)
+{
+	uint32_t allow[CHUNKS] = { 0 }, knows[CHUNKS] = { 0 }, deny[CHUNKS] = { 0 };
 	for (size_t i = 0; i < n_allowed; i++)
-		if (allowed[i].cap == 255 || (caps >> allowed[i].cap & 1))
+		if (allowed[i].cap == 255 || (c->caps_keep >> allowed[i].cap & 1))
 			allow[allowed[i].nr / 32] |= 1u << (allowed[i].nr % 32);
+	mark_items(allow, c->syscall_allow, c->n_syscall_allow, i386);
+	mark_items(deny, c->syscall_deny, c->n_syscall_deny, i386);
+	for (unsigned k = 0; k < CHUNKS; k++)
+		allow[k] &= ~deny[k];
 	for (size_t i = 0; i < n_known; i++)
 		knows[known[i] / 32] |= 1u << (known[i] % 32);
 	for (unsigned c = 0; c < CHUNKS; c++) {
@@ -141,7 +206,7 @@ static void classify(struct prog *p, const struct allowed_syscall *allowed, size
 	STMT(p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
 }
 
-int seccomp_install_default(uint64_t caps, bool suppress_sync)
+int seccomp_install_default(const struct config *c)
 {
 	static struct prog p;
 	p.n = 0;
@@ -155,18 +220,18 @@ int seccomp_install_default(uint64_t caps, bool suppress_sync)
 	JUMP(&p, BPF_JMP | BPF_JSET | BPF_K, 0x40000000u, 0, 1);
 	STMT(&p, BPF_RET | BPF_K, RET_ERRNO(ENOSYS));
 	audit_socket_rule(&p, SOCKET_X86_64);
-	if (suppress_sync)
+	if (c->suppress_sync)
 		suppress_sync_rules(&p, &sync_x86_64);
-	classify(&p, allowed_x86_64, N(allowed_x86_64), known_x86_64, N(known_x86_64), caps);
+	classify(&p, allowed_x86_64, N(allowed_x86_64), known_x86_64, N(known_x86_64), c, false);
 	p.f[to_i386].k = (uint32_t)(p.n - to_i386 - 1);
 	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
 	JUMP(&p, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 1, 0);
 	STMT(&p, BPF_RET | BPF_K, SECCOMP_RET_ALLOW); /* no other ABI can run here */
 	LOAD_NR(&p);
 	audit_socket_rule(&p, SOCKET_I386);
-	if (suppress_sync)
+	if (c->suppress_sync)
 		suppress_sync_rules(&p, &sync_i386);
-	classify(&p, allowed_i386, N(allowed_i386), known_i386, N(known_i386), caps);
+	classify(&p, allowed_i386, N(allowed_i386), known_i386, N(known_i386), c, true);
 	if (p.overflow)
 		return errno = E2BIG, -1;
 	struct sock_fprog fprog = { .len = (unsigned short)p.n, .filter = p.f };
@@ -185,11 +250,16 @@ static const unsigned blocked_native[] = {
 #define NATIVE_ARCH AUDIT_ARCH_AARCH64
 #endif
 
-int seccomp_install_default(uint64_t caps, bool suppress_sync)
+bool seccomp_filter_item_known(const char *item)
 {
-	(void)caps;
-	if (suppress_sync)
-		return errno = EOPNOTSUPP, -1; /* the front end refuses it on these architectures */
+	(void)item;
+	return false; /* no tables here: the front end refuses --system-call-filter on these architectures */
+}
+
+int seccomp_install_default(const struct config *c)
+{
+	if (c->suppress_sync || c->n_syscall_allow || c->n_syscall_deny)
+		return errno = EOPNOTSUPP, -1; /* the front end refuses them on these architectures */
 	static struct prog p;
 	p.n = 0;
 	STMT(&p, BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
