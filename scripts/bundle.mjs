@@ -246,7 +246,15 @@ export function trainCodeCaches() {
     const asRoot = process.getuid?.() === 0;
     const extra = asRoot ? ['--private-users=pick', '--private-users-ownership=map', '--network-veth', '-p', '1:1'] : [];
     const netEnv = { MCTL_NET_STATE_DIR: join(scratch, 'net'), MCTL_NET_TABLE: 'mctlbuild' };
-    const launcher = train('mctl-nspawn', ['-q', '--register=no', '--read-only', ...extra, '-D', join(scratch, 'tree'), '/bin/true'], netEnv, asRoot);
+    const plainRun = ['-q', '--register=no', '--read-only', '-D', join(scratch, 'tree'), '/bin/true'];
+    let launcher;
+    try {
+      launcher = train('mctl-nspawn', ['-q', '--register=no', '--read-only', ...extra, '-D', join(scratch, 'tree'), '/bin/true'], netEnv, asRoot);
+    } catch (err) {
+      // e.g. root without the right to make a network namespace (a restricted build container)
+      console.warn(`build: recording the launcher's code cache with -U and networking failed, recording the plain path: ${err instanceof Error ? err.message : String(err)}`);
+      launcher = train('mctl-nspawn', plainRun);
+    }
     if (launcher.status !== 0) console.warn(`build: the launcher's code cache covers less than its start path: ${launcher.stderr.trim()}`);
     // The CLI up to its first bus call (no bus here: that part fails and is left to lazy compiling).
     train('mctl', ['list'], { DBUS_SYSTEM_BUS_ADDRESS: `unix:path=${join(scratch, 'no-bus')}` });
