@@ -555,6 +555,8 @@ void net_failed(void)
 		return;
 	const struct net_plan *n = handed_over;
 	handed_over = NULL;
+	/* a rules worker still running could commit after the collector removed the rules */
+	(void)wait_nft(false);
 	if (container_pidfd >= 0 && syscall(SYS_pidfd_send_signal, container_pidfd, SIGKILL, NULL, 0) == 0)
 		while (waitpid(container_pid, NULL, 0) < 0 && errno == EINTR)
 			;
