@@ -293,20 +293,24 @@ export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetCon
   if (!lock) throw new UserError(`machine '${machine}' already has a network set up by a running launcher`);
   let alloc: LockFile | null = null;
   let settled = false;
-  // Undo what the plan recorded. The helper removed the links it made itself (it alone knows
-  // which names were free): here only rules, state and an emptied zone bridge remain.
-  const fail = async (err: unknown): Promise<never> => {
+  // Undo what the plan recorded (the state file, else `fallback`) and let go of both locks. The
+  // helper removed the links it made itself (it alone knows which names were free): here only
+  // rules, state and an emptied zone bridge remain.
+  const undoReservation = async (fallback: MachineNetState | null): Promise<void> => {
     settled = true;
     try {
-      const recorded = readMachineNetState(machine, cfg);
+      const recorded = readMachineNetState(machine, cfg) ?? fallback;
       const s = recorded && { ...recorded, hostIf: null, extraHostIfs: [] };
-      if (s && alloc) await undoState(cfg, s).catch(() => undefined);
-      else if (s) await withAllocLock(cfg, () => undoState(cfg, s)).catch(() => undefined);
+      if (s && alloc) await undoState(cfg, s);
+      else if (s) await withAllocLock(cfg, () => undoState(cfg, s));
     } finally {
       alloc?.release(false);
       alloc = null;
       lock.release(true);
     }
+  };
+  const fail = async (err: unknown): Promise<never> => {
+    await undoReservation(null).catch(() => undefined);
     if (err instanceof LinkSetupError) throw new UserError(err.message);
     if (err instanceof SysError || err instanceof NftError) throw new UserError(`network setup for '${machine}' failed: ${err.message}`);
     throw err;
@@ -446,15 +450,7 @@ export async function reserveMachineNetwork(req: MachineNetworkPlan, cfg: NetCon
       return network();
     },
     abandon: async () => {
-      if (settled) return;
-      settled = true;
-      try {
-        await undoState(cfg, { ...(readMachineNetState(machine, cfg) ?? state), hostIf: null, extraHostIfs: [] });
-      } finally {
-        alloc?.release(false);
-        alloc = null;
-        lock.release(true);
-      }
+      if (!settled) await undoReservation(state);
     },
   };
 }

@@ -13,6 +13,7 @@ import { loadExecve, nativeFile, spawnWithReport } from '../sys/native-addon.js'
 import { containerEnvironment, formatUuid, resolveUser, ROOT_USER, type ResolvedUser } from './payload-env.js';
 import { INIT_CANDIDATES, type ContainerSpec } from './spec.js';
 import { formatCpuList } from './process-attrs.js';
+import { parseIfindices } from '../net/links.js';
 
 /**
  * Called after the container's namespaces exist and (with a user namespace) its uid/gid maps
@@ -223,7 +224,7 @@ export async function launch(spec: ContainerSpec, hooks: LaunchHooks = {}): Prom
   if (controller) controller.uniqueName = busFd >= 0 && m[4] !== '-' ? m[4]! : null;
   // the cgroup2 directory prepare started the container in (the supervisor adopts it)
   const cgroupDir = m[5] !== '-' ? m[5] : undefined;
-  if (m[6] !== '-') hooks.netifIndices?.push(...(m[6] ?? '').split(',').map(Number));
+  hooks.netifIndices?.push(...parseIfindices(m[6] ?? '-'));
   network?.prepared();
   try {
     for (const hook of afterNamespaces) await hook(pid);

@@ -1,6 +1,6 @@
 // The launcher's network and user-namespace options: parsing (command line and .nspawn
-// [Network]/PrivateUsers keys), nspawn's conflict rules, and the hooks that set the network up
-// once the container's namespaces exist. The mechanics live in src/net (links, nft, pools) and
+// [Network]/PrivateUsers keys), nspawn's conflict rules, and the reservation whose plan the
+// native helper carries out (its net-* tokens) when it creates the container. The mechanics live in src/net (links, nft, pools) and
 // src/nspawn/userns.ts (ranges, ownership); this file only connects them to the launcher.
 import { UserError } from '../common/errors.js';
 // Only the light parsers are loaded up front; the machinery is imported when a container needs it.

@@ -362,10 +362,15 @@ export function parseCapabilityList(text: string): bigint {
   return mask;
 }
 
+/** For settings the runtime implements on x86-64 hosts only (seccomp tables, personality values). */
+export function requireX86_64(what: string): void {
+  if (process.arch !== 'x64') throw new ValueError(`${what} not supported on this architecture`);
+}
+
 /** --suppress-sync=BOOL / SuppressSync=: its seccomp rules exist for x86-64 (and i386 payloads) only. */
 export function parseSuppressSync(text: string): boolean {
   const on = parseBoolean(text);
-  if (on && process.arch !== 'x64') throw new ValueError('suppressing sync is not supported on this architecture');
+  if (on) requireX86_64('suppressing sync is');
   return on;
 }
 
@@ -383,7 +388,7 @@ export function addSyscallFilter(cur: SyscallFilter | undefined, text: string): 
   const deny = text.startsWith('~');
   const items = (deny ? text.slice(1) : text).split(/\s+/).filter((w) => w !== '');
   for (const item of items) if (!/^@?[a-z0-9_-]+$/.test(item)) throw new ValueError(`invalid system call or group name '${item}'`);
-  if (process.arch !== 'x64' && items.length > 0) throw new ValueError('system call filters are not supported on this architecture');
+  if (items.length > 0) requireX86_64('system call filters are');
   const next = { allow: [...(cur?.allow ?? [])], deny: [...(cur?.deny ?? [])] };
   next[deny ? 'deny' : 'allow'].push(...items);
   return next;

@@ -1,7 +1,7 @@
 // --cpu-affinity= / CPUAffinity= and --personality= / Personality=: two attributes of the
 // container's PID 1 that its children inherit, applied by the runtime right before the payload
 // (sched_setaffinity, personality), as systemd-nspawn 252 reads and applies them.
-import { ValueError } from './options.js';
+import { ValueError, requireX86_64 } from './options.js';
 
 /** systemd's limit for a CPU index in a CPU set (CPU_SET_MAX_CPU-style). */
 export const MAX_CPU_INDEX = 8191;
@@ -42,6 +42,6 @@ export type Personality = 'x86' | 'x86-64';
 export function parsePersonality(text: string): Personality {
   if (text !== 'x86' && text !== 'x86-64') throw new ValueError(`unknown personality '${text}' (x86 or x86-64)`);
   // Only an x86-64 host can run either; on others nspawn refuses them too.
-  if (process.arch !== 'x64') throw new ValueError(`personality '${text}' is not supported on this architecture`);
+  requireX86_64(`personality '${text}' is`);
   return text;
 }

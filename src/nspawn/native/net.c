@@ -497,17 +497,22 @@ static pid_t spawn_detached(char *const *argv)
 	_exit(127);
 }
 
+/* ARGV[K...] = the collector's argv, NULL-terminated (ARGV has room for K + 12 + 1). */
+static void append_collector(char **argv, size_t k, const struct net_plan *n)
+{
+	for (size_t i = 0; i < n->n_collector; i++)
+		argv[k++] = (char *)n->collector[i];
+	argv[k] = NULL;
+}
+
 /* The watcher: `sh` waiting in flock(1) for the machine lock (held by the supervisor for the
  * container's life), then the collector, which removes what the state file names. */
 static void start_watcher(const struct net_plan *n)
 {
 	if (!n->watch_lock || n->n_collector == 0)
 		return;
-	char *argv[20] = { "/bin/sh", "-c", "flock -x \"$0\" true; exec \"$@\"", (char *)n->watch_lock };
-	size_t k = 4;
-	for (size_t i = 0; i < n->n_collector; i++)
-		argv[k++] = (char *)n->collector[i];
-	argv[k] = NULL;
+	char *argv[4 + 12 + 1] = { "/bin/sh", "-c", "flock -x \"$0\" true; exec \"$@\"", (char *)n->watch_lock };
+	append_collector(argv, 4, n);
 	if (spawn_detached(argv) < 0)
 		warnx_("cannot start the network collector: %s", strerror(errno));
 }
@@ -535,11 +540,8 @@ static void collect_now(const struct net_plan *n)
 		close(n->machine_lock_fd);
 	if (n->n_collector == 0)
 		return;
-	char *argv[16];
-	size_t k = 0;
-	for (size_t i = 0; i < n->n_collector; i++)
-		argv[k++] = (char *)n->collector[i];
-	argv[k] = NULL;
+	char *argv[12 + 1];
+	append_collector(argv, 0, n);
 	pid_t pid = spawn_detached(argv);
 	if (pid > 0)
 		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
