@@ -647,10 +647,8 @@ static void switch_user(const struct config *c)
 		/* the inheritable set shrinks to the ambient one (none without it), as nspawn leaves it:
 		 * otherwise a file's inheritable capabilities would hand the user what root had */
 		set_process_caps(c->caps_keep, c->caps_ambient);
-		raise_ambient(c);
-	} else {
-		raise_ambient(c);
 	}
+	raise_ambient(c);
 }
 
 static void exec_payload(const struct config *c)
